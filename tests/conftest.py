@@ -1,0 +1,37 @@
+"""Test set-up: quiet TensorFlow, two logical CPU devices, shared fixtures."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    # Split the CPU in two before any op runs, so MirroredStrategy has two
+    # replicas (as Keras's own optimizer_distribute_test does).
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    """Each test starts from float32, a clean session and fixed seeds."""
+    keras.backend.clear_session()
+    keras.config.set_dtype_policy("float32")
+    keras.utils.set_random_seed(0)
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture
+def fashion_mnist():
+    from tf_lars.data import fashion_mnist as fm
+
+    if fm.find_dir() is None:
+        pytest.skip(f"Fashion-MNIST is not installed: {fm.HOW_TO_GET}.")
+    return fm

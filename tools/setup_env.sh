@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up what tf_lars needs on a fresh Debian/Ubuntu machine, idempotently:
+#   .venv/ with tf_lars (editable), TensorFlow and the test tools;
+#   Debian's dataset-fashion-mnist and bazel-bootstrap, when apt can install them.
+# Environment: PYTHON (default python3), TF_PACKAGE (default tensorflow-cpu;
+# use tensorflow for GPUs), TF_LARS_SKIP_APT=1 to leave system packages alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_install() {  # apt_install PACKAGE: installs a Debian package if it can.
+  dpkg -s "$1" >/dev/null 2>&1 && return 0
+  [ "${TF_LARS_SKIP_APT:-0}" = 1 ] && return 1
+  local sudo=""
+  [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo="sudo -n"; } || return 1
+  echo "setup: installing Debian package $1"
+  { $sudo apt-get install -y -q "$1" || { $sudo apt-get update -q && $sudo apt-get install -y -q "$1"; }; } \
+    >/tmp/tf_lars_apt_$1.log 2>&1 || { echo "setup: apt-get install $1 failed (see /tmp/tf_lars_apt_$1.log)"; return 1; }
+}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with ${PYTHON:-python3}"
+  "${PYTHON:-python3}" -m venv .venv
+fi
+echo "setup: installing tf_lars[${TF_PACKAGE:-tensorflow-cpu},test] into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${TF_PACKAGE:-tensorflow-cpu},test]"
+
+apt_install dataset-fashion-mnist || echo "setup: Fashion-MNIST not installed; tests that need it skip (apt-get install dataset-fashion-mnist)"
+if [ "${TF_LARS_WITH_BAZEL:-0}" = 1 ] && ! command -v bazel >/dev/null; then
+  apt_install bazel-bootstrap || echo "setup: Bazel not installed (apt-get install bazel-bootstrap)"
+fi
