@@ -33,6 +33,7 @@ setup(
         "tensorflow": ["tensorflow>=2.16"],
         "tensorflow-cpu": ["tensorflow-cpu>=2.16"],
         "test": ["pytest>=7"],
+        "jax": ["jax>=0.4.30"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
