@@ -32,7 +32,7 @@ setup(
     extras_require={
         "tensorflow": ["tensorflow>=2.16"],
         "tensorflow-cpu": ["tensorflow-cpu>=2.16"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pillow"],
         "jax": ["jax>=0.4.30"],
     },
     classifiers=[

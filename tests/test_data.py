@@ -1,0 +1,241 @@
+"""Input pipelines on real JPEG records that the tests write themselves."""
+
+import os
+
+import numpy as np
+import pytest
+
+import keras
+
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("tf.data pipelines need TensorFlow", allow_module_level=True)
+
+import tensorflow as tf  # noqa: E402
+
+from tf_lars.data import pipeline, preprocessing  # noqa: E402
+
+HEIGHT, WIDTH = 48, 64
+
+
+def jpeg(seed, height=HEIGHT, width=WIDTH):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return tf.io.encode_jpeg(pixels, quality=90).numpy()
+
+
+def example(image, label, boxes=(), fmt="imagenet"):
+    """A tf.train.Example written by hand, key by key."""
+    b = lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=v))  # noqa: E731
+    i = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v))  # noqa: E731
+    f = lambda v: tf.train.Feature(float_list=tf.train.FloatList(value=v))  # noqa: E731
+    if fmt == "tfds":
+        feature = {"image": b([image]), "label": i([label]), "file_name": b([b"x.JPEG"])}
+    else:
+        feature = {"image/encoded": b([image]), "image/class/label": i([label]),
+                   "image/format": b([b"JPEG"]), "image/filename": b([b"x.JPEG"])}
+        for k, key in enumerate(("ymin", "xmin", "ymax", "xmax")):
+            feature[f"image/object/bbox/{key}"] = f([box[k] for box in boxes])
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_shards(folder, split="train", shards=4, per_shard=6, fmt="imagenet",
+                 label_of=lambda shard, k: shard + 1):
+    """Shard s holds `per_shard` images labelled `label_of(s, k)` (stored)."""
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for s in range(shards):
+        name = (f"imagenet2012-{split}.tfrecord-{s:05d}-of-{shards:05d}" if fmt == "tfds"
+                else f"{split}-{s:05d}-of-{shards:05d}")
+        path = os.path.join(folder, name)
+        with tf.io.TFRecordWriter(path) as w:
+            for k in range(per_shard):
+                w.write(example(jpeg(100 * s + k), label_of(s, k), fmt=fmt))
+        paths.append(path)
+    return paths
+
+
+def read_all(ds):
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+COMMON = dict(image_size=32, num_classes=10)
+
+
+def test_training_batches_shapes_dtypes_range_and_labels(tmp_path):
+    write_shards(tmp_path)
+    for dtype in (tf.float32, tf.bfloat16):
+        ds = pipeline.make_dataset(str(tmp_path), "train", training=True,
+                                   global_batch_size=8, dtype=dtype, **COMMON)
+        images, labels = next(iter(ds))
+        assert images.shape == (8, 32, 32, 3) and images.dtype == dtype
+        assert labels.dtype == tf.int32
+        values = tf.cast(images, tf.float32).numpy()
+        # Mean/std normalized uint8 pixels lie within these bounds.
+        lo = (0 - max(preprocessing.IMAGENET_MEAN)) / min(preprocessing.IMAGENET_STD)
+        hi = (255 - min(preprocessing.IMAGENET_MEAN)) / min(preprocessing.IMAGENET_STD)
+        assert lo - 0.05 <= values.min() < 0 < values.max() <= hi + 0.05
+        assert set(labels.numpy()) <= {0, 1, 2, 3}  # stored 1..4, offset 1
+
+
+def test_label_offset_zero_keeps_stored_labels(tmp_path):
+    write_shards(tmp_path, split="validation")
+    _, labels = read_all(pipeline.make_dataset(
+        str(tmp_path), "validation", training=False, global_batch_size=5,
+        label_offset=0, **COMMON))
+    assert sorted(set(labels)) == [1, 2, 3, 4] and len(labels) == 24
+
+
+def test_tfds_shards_are_read_with_zero_based_labels(tmp_path):
+    write_shards(tmp_path, split="validation", fmt="tfds", label_of=lambda s, k: s)
+    _, labels = read_all(pipeline.make_dataset(
+        str(tmp_path), "validation", training=False, global_batch_size=6,
+        data_format="tfds", **COMMON))
+    assert sorted(labels) == sorted([s for s in range(4) for _ in range(6)])
+
+
+def test_evaluation_is_deterministic_and_complete(tmp_path):
+    write_shards(tmp_path, split="validation", shards=3, per_shard=5)
+    make = lambda: pipeline.make_dataset(  # noqa: E731
+        str(tmp_path), "validation", training=False, global_batch_size=4,
+        preset="legacy", **COMMON)
+    first, second = read_all(make()), read_all(make())
+    np.testing.assert_array_equal(first[0], second[0])
+    assert len(first[1]) == 15  # the last, partial batch is kept in evaluation
+
+
+def test_seeded_training_pipeline_is_repeatable(tmp_path):
+    write_shards(tmp_path)
+    make = lambda: pipeline.make_dataset(  # noqa: E731
+        str(tmp_path), "train", training=True, global_batch_size=8, seed=7, **COMMON)
+    a = [x.numpy() for x, _ in make().take(3)]
+    b = [x.numpy() for x, _ in make().take(3)]
+    np.testing.assert_array_equal(np.stack(a), np.stack(b))
+
+
+def test_workers_read_disjoint_files_that_cover_all(tmp_path):
+    write_shards(tmp_path, split="validation", shards=4)
+    seen = []
+    for worker in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
+                                             num_replicas_in_sync=2)
+        _, labels = read_all(pipeline.make_dataset(
+            str(tmp_path), "validation", training=False, global_batch_size=4,
+            input_context=context, label_offset=0, **COMMON))
+        seen.append(set(labels))  # shard s holds label s + 1 only
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == {1, 2, 3, 4}
+
+
+def test_per_replica_batch_size(tmp_path):
+    write_shards(tmp_path)
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=4)
+    images, _ = next(iter(pipeline.make_dataset(
+        str(tmp_path), "train", training=True, global_batch_size=16,
+        input_context=context, **COMMON)))
+    assert images.shape[0] == 4
+
+
+def write_damaged(folder):
+    """Shard 0: 2 good, 1 half JPEG, 1 non-JPEG, 1 label 11; shard 1 truncated."""
+    os.makedirs(folder, exist_ok=True)
+    good = jpeg(1)
+    with tf.io.TFRecordWriter(os.path.join(folder, "train-00000-of-00002")) as w:
+        for record in (example(good, 1), example(good[:len(good) // 2], 2),
+                       example(b"not a jpeg at all" * 4, 3), example(good, 11),
+                       example(good, 2)):
+            w.write(record)
+    truncated = os.path.join(folder, "train-00001-of-00002")
+    with tf.io.TFRecordWriter(truncated) as w:
+        for k in range(3):
+            w.write(example(jpeg(10 + k), 5))
+    with open(truncated, "rb+") as f:
+        f.truncate(os.path.getsize(truncated) - 40)
+    return truncated
+
+
+def test_bad_records_are_skipped_and_counted(tmp_path):
+    write_damaged(str(tmp_path))
+    bad = pipeline.BadRecords()
+    _, labels = read_all(pipeline.make_dataset(
+        str(tmp_path), "train", training=False, global_batch_size=2,
+        bad_records=bad, **COMMON))
+    # 2 good records of shard 0, and the 2 whole records before the damage.
+    assert sorted(labels) == [0, 1, 4, 4]
+    assert bad.result() == {"damaged_shards": 1, "bad_images": 2, "bad_labels": 1}
+
+
+@pytest.mark.parametrize("damage", ["image", "shard"])
+def test_strict_mode_raises_naming_the_shard(tmp_path, damage):
+    truncated = write_damaged(str(tmp_path))
+    if damage == "shard":
+        os.remove(os.path.join(tmp_path, "train-00000-of-00002"))
+        os.rename(truncated, os.path.join(tmp_path, "train-00000-of-00001"))
+    ds = pipeline.make_dataset(str(tmp_path), "train", training=False,
+                               global_batch_size=2, strict=True, **COMMON)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="train-0000") as info:
+        read_all(ds)
+    assert ("truncated or corrupt" if damage == "shard" else "unreadable JPEG") in str(info.value)
+
+
+def test_clear_errors_before_any_work(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        pipeline.make_dataset(str(tmp_path / "missing"), "train", training=True,
+                              global_batch_size=8, **COMMON)
+    with pytest.raises(FileNotFoundError, match="no train shards match"):
+        pipeline.make_dataset(str(tmp_path), "train", training=True,
+                              global_batch_size=8, **COMMON)
+    write_shards(tmp_path, shards=2)
+    context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=0,
+                                         num_replicas_in_sync=3)
+    with pytest.raises(ValueError, match="2 train shards .* for 3 workers"):
+        pipeline.make_dataset(str(tmp_path), "train", training=True, global_batch_size=9,
+                              input_context=context, **COMMON)
+
+
+def test_box_guided_crops_stay_inside_image_and_cover_the_box():
+    shape = tf.constant([HEIGHT, WIDTH, 3])
+    box = (0.5, 0.6, 0.9, 1.0)  # ymin, xmin, ymax, xmax: lower right
+    boxes = tf.constant([[box]], tf.float32)
+    for k in range(50):
+        y, x, h, w = preprocessing.crop_window(shape, boxes, 32, preprocessing.LEGACY,
+                                               seed=tf.constant([k, 3])).numpy()
+        assert 0 <= y and 0 <= x and y + h <= HEIGHT and x + w <= WIDTH and h > 0 and w > 0
+        # Overlap with the box, as a fraction of the box (min_object_covered 0.1).
+        by0, bx0, by1, bx1 = box[0] * HEIGHT, box[1] * WIDTH, box[2] * HEIGHT, box[3] * WIDTH
+        overlap = max(0, min(y + h, by1) - max(y, by0)) * max(0, min(x + w, bx1) - max(x, bx0))
+        whole_image = (h, w) == (HEIGHT, WIDTH)
+        assert whole_image or overlap >= 0.1 * (by1 - by0) * (bx1 - bx0) - 1
+
+
+def test_tpu_eval_crop_is_the_centre_fraction():
+    # A 64 x 48 image: side = int(48 * 224 / 256) = 42, offsets ((48-42+1)//2, (64-42+1)//2).
+    window = preprocessing._center_crop_window(tf.constant([48, 64, 3]), 224, 32).numpy()
+    np.testing.assert_array_equal(window, [3, 11, 42, 42])
+
+
+@pytest.mark.parametrize("preset", ["tpu", "legacy", "small"])
+def test_preprocessing_same_eagerly_and_in_dataset_map(preset):
+    recipe = preprocessing.get_preset(preset)
+    data = jpeg(5)
+    boxes = tf.constant([[[0.1, 0.1, 0.8, 0.9]]], tf.float32)
+    seed = tf.constant([1, 2], tf.int64)
+
+    def both(image_jpeg):
+        return (preprocessing.train_image(image_jpeg, boxes, 32, recipe, seed=seed),
+                preprocessing.eval_image(image_jpeg, 32, recipe))
+
+    eager = both(tf.constant(data))
+    mapped = next(iter(tf.data.Dataset.from_tensors(data).map(both)))
+    for e, m in zip(eager, mapped):
+        assert e.shape == (32, 32, 3)
+        np.testing.assert_allclose(e.numpy(), m.numpy(), atol=1e-5)
+
+
+def test_eval_cache_gives_the_same_images(tmp_path):
+    write_shards(tmp_path, split="validation", shards=2, per_shard=3)
+    kwargs = dict(training=False, global_batch_size=4, **COMMON)
+    plain = read_all(pipeline.make_dataset(str(tmp_path), "validation", **kwargs))
+    cached = pipeline.make_dataset(str(tmp_path), "validation", cache_eval=True, **kwargs)
+    for _ in range(2):
+        np.testing.assert_array_equal(read_all(cached)[0], plain[0])

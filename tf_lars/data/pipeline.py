@@ -1,0 +1,182 @@
+"""`tf.data` input pipelines over TFRecord shards, for `tf.distribute`.
+
+One stage a line (see `make_dataset`): list files -> shard files per worker
+-> shuffle files -> interleave TFRecord readers -> shuffle -> repeat -> parse
+-> drop bad records -> preprocess -> batch per replica -> prefetch. Use it as
+
+    strategy.distribute_datasets_from_function(
+        lambda ctx: make_dataset(..., input_context=ctx))
+
+Bad input does not end a run. A shard that is truncated or corrupt keeps the
+records before the damage; a record whose JPEG is not whole (no start or end
+marker) or whose label is outside [0, num_classes) is dropped. Each is
+counted in a `BadRecords` (shown by the trainer in TensorBoard). Anything
+else that fails to decode is dropped and logged by tf.data. With
+`strict=True` each of these raises instead, naming the shard.
+"""
+
+import os
+
+import tensorflow as tf
+
+from tf_lars.data import preprocessing, schema as schemas
+
+AUTOTUNE = tf.data.AUTOTUNE
+RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + 2 CRCs (4 + 4) bytes.
+
+
+class BadRecords:
+    """Counters of what the pipeline skipped, one `tf.Variable` each.
+
+    Create it outside any `strategy.scope()` (it lives on this host's CPU).
+    """
+
+    KINDS = ("damaged_shards", "bad_images", "bad_labels")
+
+    def __init__(self):
+        with tf.device("CPU:0"):
+            self.variables = {
+                k: tf.Variable(0, dtype=tf.int64, trainable=False, name=k)
+                for k in self.KINDS}
+
+    def count(self, kind, flag):
+        self.variables[kind].assign_add(tf.cast(flag, tf.int64))
+
+    def result(self):
+        return {k: int(v.numpy()) for k, v in self.variables.items()}
+
+
+def list_files(data_dir, split, data_format="imagenet"):
+    """Sorted shard paths of `split`; a clear error when there are none."""
+    schema = schemas.get(data_format)
+    if not data_dir or not tf.io.gfile.isdir(data_dir):
+        raise FileNotFoundError(
+            f"data_dir {data_dir!r} is not a folder: pass the folder that holds "
+            f"the {data_format} shards (tools/build_fashion_mnist_tfrecords.py "
+            "and tools/build_imagenet_tfrecords.py make them)")
+    pattern = os.path.join(data_dir, schema.patterns[split])
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(
+            f"no {split} shards match {pattern}: is data_dir right, and is "
+            f"data_format={data_format!r} the format of those shards?")
+    return files
+
+
+def _read_shard(filename, size, strict, bad):
+    """Records of one shard, each with the shard's name.
+
+    The bytes read are added up; at the end of the shard they must equal the
+    file's size, else the shard was truncated or corrupt (tf.data logs the
+    reader's error, and the records before the damage are kept).
+    """
+    records = tf.data.TFRecordDataset(filename, buffer_size=8 << 20)
+    records = records.ignore_errors(log_warning=True)
+    records = records.map(lambda r: (r, False)).concatenate(
+        tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+
+    def add_bytes(consumed, element):
+        record, end = element
+        consumed += tf.cast(tf.strings.length(record), tf.int64) + RECORD_OVERHEAD
+        damaged = tf.logical_and(end, consumed - RECORD_OVERHEAD != size)
+        return consumed, (record, filename, end, damaged)
+
+    def keep(record, filename, end, damaged):
+        if strict:
+            tf.debugging.Assert(tf.logical_not(damaged), [
+                "truncated or corrupt TFRecord shard (re-create it):", filename])
+        else:
+            bad.count("damaged_shards", damaged)
+        return tf.logical_not(end)
+
+    records = records.scan(tf.constant(0, tf.int64), add_bytes).filter(keep)
+    return records.map(lambda record, filename, end, damaged: (record, filename))
+
+
+def _jpeg_is_whole(jpeg):
+    """Starts with the JPEG start marker and has the end marker near its end."""
+    starts = tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8")
+    tail = tf.strings.bytes_split(tf.strings.substr(jpeg, -32, 32))
+    ends = tf.reduce_any(tf.logical_and(tf.equal(tail[:-1], b"\xff"),
+                                        tf.equal(tail[1:], b"\xd9")))
+    return tf.logical_and(starts, tf.logical_and(tf.strings.length(jpeg) >= 32, ends))
+
+
+def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
+                 data_format="imagenet", preset="tpu", channels=3,
+                 dtype=tf.float32, num_classes=1000, label_offset=None,
+                 input_context=None, shuffle_buffer=10_000, seed=None,
+                 strict=False, bad_records=None, cache_eval=False,
+                 preset_overrides=None):
+    """A batched `(images, labels)` dataset for one input pipeline.
+
+    Args:
+        data_dir, split, data_format: where the shards are (`list_files`).
+        training: random crops, shuffling, endless repetition, full batches.
+        global_batch_size: divided by the replicas of `input_context`.
+        image_size, channels, dtype: what the model eats.
+        preset: preprocessing preset name (`preprocessing.PRESETS`), its
+            numbers overridable by `preset_overrides` (a dict).
+        num_classes, label_offset: labels must fall in [0, num_classes)
+            after subtracting the offset (default: the format's own).
+        input_context: a `tf.distribute.InputContext`; files are split
+            between its input pipelines, and there must be at least one
+            file for each.
+        seed: makes the whole pipeline deterministic (ordered, seeded).
+        strict: raise, naming the shard, instead of skipping bad input.
+        bad_records: a `BadRecords` to count skipped input in.
+        cache_eval: keep the decoded evaluation set in memory.
+    """
+    schema = schemas.get(data_format)
+    recipe = preprocessing.get_preset(preset, **(preset_overrides or {}))
+    context = input_context or tf.distribute.InputContext()
+    bad = bad_records or BadRecords()
+    deterministic = seed is not None or not training  # evaluation: in file order
+    files = list_files(data_dir, split, data_format)
+    if len(files) < context.num_input_pipelines:
+        raise ValueError(
+            f"{len(files)} {split} shards in {data_dir} for "
+            f"{context.num_input_pipelines} workers: each worker needs at least "
+            "one; write more shards (the builders' --num_shards)")
+    batch_size = context.get_per_replica_batch_size(global_batch_size)
+    sizes = [tf.io.gfile.stat(f).length for f in files]
+
+    def check(jpeg, label, boxes, shard):
+        whole = _jpeg_is_whole(jpeg)
+        label_ok = tf.logical_and(label >= 0, label < num_classes)
+        if strict:
+            tf.debugging.Assert(whole, ["unreadable JPEG in shard", shard])
+            tf.debugging.Assert(label_ok, ["label", label, "outside [0,",
+                                           num_classes, ") in shard", shard])
+        else:
+            bad.count("bad_images", tf.logical_not(whole))
+            bad.count("bad_labels", tf.logical_and(whole, tf.logical_not(label_ok)))
+        return tf.logical_and(whole, label_ok)
+
+    def preprocess(index, jpeg, label, boxes):
+        if training:
+            element_seed = None if seed is None else tf.stack(
+                [tf.cast(seed, tf.int64), index])
+            image = preprocessing.train_image(jpeg, boxes, image_size, recipe,
+                                              channels, dtype, element_seed)
+        else:
+            image = preprocessing.eval_image(jpeg, image_size, recipe, channels, dtype)
+        return image, label
+
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
+    ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+    ds = ds.shuffle(len(files), seed=seed) if training else ds
+    ds = ds.interleave(lambda f, n: _read_shard(f, n, strict, bad),
+                       cycle_length=min(16, len(files)), block_length=1,
+                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.shuffle(shuffle_buffer, seed=seed) if training else ds
+    ds = ds.repeat() if training else ds
+    ds = ds.map(lambda r, f: (*schemas.parse(r, schema, label_offset), f),
+                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.filter(check)
+    ds = ds.enumerate().map(lambda i, e: preprocess(i, *e[:3]),
+                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds if strict else ds.ignore_errors(log_warning=True)
+    ds = ds.cache() if cache_eval and not training else ds
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(AUTOTUNE)

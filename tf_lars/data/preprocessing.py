@@ -1,0 +1,136 @@
+"""Image preprocessing of the reference ResNet-50 pipelines, as presets.
+
+Training: a random crop drawn by `tf.image.sample_distorted_bounding_box`,
+decoded with the fused `tf.io.decode_and_crop_jpeg` (only the crop is
+decoded), resized, randomly flipped, normalized. Evaluation: a centre crop.
+
+* `TPU` (tensorflow/tpu models/official/resnet/resnet_preprocessing.py):
+  whole image as the box, min_object_covered 0.1, aspect 3/4..4/3, area
+  0.08..1, 10 attempts, centre crop when they all fail; bicubic resize;
+  eval: centre crop of 224/(224+32) of the shorter side. Mean/std normalized.
+* `LEGACY` (MLPerf / Model Garden imagenet_preprocessing.py): the record's
+  human boxes, area 0.05..1, 100 attempts, whole image without boxes;
+  bilinear; eval: shorter side to 256, centre crop 224. Means subtracted.
+* `SMALL`: for 28-32 pixel images (Fashion-MNIST, CIFAR): area 0.64..1,
+  10 attempts, bilinear, eval on the whole image.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+LEGACY_MEAN = (123.68, 116.78, 103.94)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Every number of a preprocessing recipe."""
+
+    min_object_covered: float
+    aspect_ratio_range: tuple
+    area_range: tuple
+    max_attempts: int
+    use_boxes: bool  # The record's boxes guide the crop (else whole image).
+    fallback_center_crop: bool  # All attempts failed: centre crop (TPU).
+    resize_method: str
+    eval_crop_padding: int  # Centre crop of size/(size+padding) of the short side...
+    eval_resize_min: int  # ...or (when > 0) resize short side to this, crop size.
+    mean: tuple
+    std: tuple
+
+
+TPU = Preset(0.1, (3 / 4, 4 / 3), (0.08, 1.0), 10, False, True, "bicubic",
+             32, 0, IMAGENET_MEAN, IMAGENET_STD)
+LEGACY = Preset(0.1, (0.75, 1.33), (0.05, 1.0), 100, True, False, "bilinear",
+                0, 256, LEGACY_MEAN, (1.0, 1.0, 1.0))
+SMALL = Preset(0.1, (3 / 4, 4 / 3), (0.64, 1.0), 10, False, False, "bilinear",
+               0, 0, (127.5,), (127.5,))
+PRESETS = {"tpu": TPU, "legacy": LEGACY, "small": SMALL}
+
+
+def get_preset(name, **overrides):
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preprocessing preset {name!r}: use one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def _resize(image, size, method):
+    image = tf.image.resize(image, [size, size], method=method)
+    return tf.clip_by_value(image, 0.0, 255.0)  # bicubic overshoots
+
+
+def _center_crop_window(shape, size, padding):
+    """`[y, x, h, w]` of the centre square: size/(size+padding) of the short side."""
+    height, width = shape[0], shape[1]
+    side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32)
+                   * (size / (size + padding)), tf.int32)
+    return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
+
+
+def normalize(image, preset, dtype=tf.float32):
+    channels = image.shape[-1]
+    mean = tf.constant(preset.mean * (channels // len(preset.mean)), tf.float32)
+    std = tf.constant(preset.std * (channels // len(preset.std)), tf.float32)
+    return tf.cast((image - mean) / std, dtype)
+
+
+def crop_window(shape, boxes, size, preset=TPU, seed=None):
+    """The training crop `[y, x, height, width]` for an image of `shape`.
+
+    `boxes` is `[1, n, 4]` (ymin, xmin, ymax, xmax, normalized), used only
+    when `preset.use_boxes`; `seed` (shape [2]) makes the draw stateless.
+    """
+    if not preset.use_boxes:
+        boxes = tf.zeros([1, 0, 4], tf.float32)
+    kwargs = dict(bounding_boxes=boxes, min_object_covered=preset.min_object_covered,
+                  aspect_ratio_range=preset.aspect_ratio_range,
+                  area_range=preset.area_range, max_attempts=preset.max_attempts,
+                  use_image_if_no_bounding_boxes=True)
+    if seed is None:
+        begin, crop_size, _ = tf.image.sample_distorted_bounding_box(shape, **kwargs)
+    else:
+        begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            shape, seed=seed, **kwargs)
+    window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+    if preset.fallback_center_crop:
+        # The sampler returns the whole image when every attempt failed.
+        failed = tf.reduce_all(tf.equal(crop_size[:2], shape[:2]))
+        window = tf.cond(failed, lambda: _center_crop_window(
+            shape, size, preset.eval_crop_padding), lambda: window)
+    return window
+
+
+def train_image(jpeg, boxes, size, preset=TPU, channels=3, dtype=tf.float32, seed=None):
+    """Random crop (fused decode), resize, flip, normalize: `[size, size, channels]`.
+
+    See `crop_window` for `boxes` and `seed`.
+    """
+    window = crop_window(tf.io.extract_jpeg_shape(jpeg), boxes, size, preset, seed)
+    image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=channels)
+    image = _resize(tf.cast(image, tf.float32), size, preset.resize_method)
+    if seed is None:
+        image = tf.image.random_flip_left_right(image)
+    else:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
+    image.set_shape([size, size, channels])
+    return normalize(image, preset, dtype)
+
+
+def eval_image(jpeg, size, preset=TPU, channels=3, dtype=tf.float32):
+    """Deterministic centre crop, resize, normalize: `[size, size, channels]`."""
+    if preset.eval_resize_min > 0:
+        image = tf.cast(tf.io.decode_jpeg(jpeg, channels=channels), tf.float32)
+        shape = tf.shape(image)
+        scale = preset.eval_resize_min / tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
+        new_hw = tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale), tf.int32)
+        image = tf.image.resize(image, new_hw, method=preset.resize_method)
+        image = tf.image.resize_with_crop_or_pad(image, size, size)
+    else:
+        shape = tf.io.extract_jpeg_shape(jpeg)
+        window = _center_crop_window(shape, size, preset.eval_crop_padding)
+        image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=channels)
+        image = _resize(tf.cast(image, tf.float32), size, preset.resize_method)
+    image.set_shape([size, size, channels])
+    return normalize(image, preset, dtype)
