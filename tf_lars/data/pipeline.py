@@ -102,6 +102,14 @@ def _jpeg_is_whole(jpeg):
     return tf.logical_and(starts, tf.logical_and(tf.strings.length(jpeg) >= 32, ends))
 
 
+def _is_ok(image, label, ok):
+    return ok
+
+
+def _drop_ok(images, labels, ok):
+    return images, labels
+
+
 def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
                  data_format="imagenet", preset="tpu", channels=3,
                  dtype=tf.float32, num_classes=1000, label_offset=None,
@@ -141,7 +149,13 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
     batch_size = context.get_per_replica_batch_size(global_batch_size)
     sizes = [tf.io.gfile.stat(f).length for f in files]
 
-    def check(jpeg, label, boxes, shard):
+    def decode(index, record, shard):
+        """Parse, check and preprocess one record: `(image, label, ok)`.
+
+        One parallel map does it all (separate stages cost more than the
+        work); a bad record gets a blank image and `ok = False`.
+        """
+        jpeg, label, boxes = schemas.parse(record, schema, label_offset)
         whole = _jpeg_is_whole(jpeg)
         label_ok = tf.logical_and(label >= 0, label < num_classes)
         if strict:
@@ -151,17 +165,17 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
         else:
             bad.count("bad_images", tf.logical_not(whole))
             bad.count("bad_labels", tf.logical_and(whole, tf.logical_not(label_ok)))
-        return tf.logical_and(whole, label_ok)
-
-    def preprocess(index, jpeg, label, boxes):
+        ok = tf.logical_and(whole, label_ok)
         if training:
-            element_seed = None if seed is None else tf.stack(
+            element_seed = None if index is None else tf.stack(
                 [tf.cast(seed, tf.int64), index])
-            image = preprocessing.train_image(jpeg, boxes, image_size, recipe,
-                                              channels, dtype, element_seed)
+            make = lambda: preprocessing.train_image(  # noqa: E731
+                jpeg, boxes, image_size, recipe, channels, dtype, element_seed)
         else:
-            image = preprocessing.eval_image(jpeg, image_size, recipe, channels, dtype)
-        return image, label
+            make = lambda: preprocessing.eval_image(  # noqa: E731
+                jpeg, image_size, recipe, channels, dtype)
+        blank = lambda: tf.zeros([image_size, image_size, channels], dtype)  # noqa: E731
+        return tf.cond(ok, make, blank), label, ok
 
     ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
     ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
@@ -171,12 +185,14 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
                        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.shuffle(shuffle_buffer, seed=seed) if training else ds
     ds = ds.repeat() if training else ds
-    ds = ds.map(lambda r, f: (*schemas.parse(r, schema, label_offset), f),
-                num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    ds = ds.filter(check)
-    ds = ds.enumerate().map(lambda i, e: preprocess(i, *e[:3]),
-                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if seed is None:
+        ds = ds.map(lambda record, shard: decode(None, record, shard),
+                    num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    else:  # Each element's crop and flip are seeded by its position.
+        ds = ds.enumerate().map(lambda index, element: decode(index, *element),
+                                num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds if strict else ds.ignore_errors(log_warning=True)
+    ds = ds.filter(_is_ok)
     ds = ds.cache() if cache_eval and not training else ds
-    ds = ds.batch(batch_size, drop_remainder=training)
+    ds = ds.batch(batch_size, drop_remainder=training).map(_drop_ok)
     return ds.prefetch(AUTOTUNE)

@@ -70,10 +70,18 @@ def _center_crop_window(shape, size, padding):
 
 
 def normalize(image, preset, dtype=tf.float32):
+    """`(image - mean) / std` in `dtype`; for `uint8`, the rounded pixels.
+
+    `uint8` leaves normalization to the model (on the accelerator), which
+    saves the host a float pass per image and 3/4 of the bytes sent to the
+    device; tf_lars's models normalize their input when it is uint8.
+    """
+    if tf.as_dtype(dtype) == tf.uint8:
+        return tf.cast(tf.round(image), tf.uint8)
     channels = image.shape[-1]
     mean = tf.constant(preset.mean * (channels // len(preset.mean)), tf.float32)
     std = tf.constant(preset.std * (channels // len(preset.std)), tf.float32)
-    return tf.cast((image - mean) / std, dtype)
+    return tf.cast(image * (1.0 / std) - mean / std, dtype)
 
 
 def crop_window(shape, boxes, size, preset=TPU, seed=None):
@@ -126,7 +134,7 @@ def eval_image(jpeg, size, preset=TPU, channels=3, dtype=tf.float32):
         scale = preset.eval_resize_min / tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
         new_hw = tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale), tf.int32)
         image = tf.image.resize(image, new_hw, method=preset.resize_method)
-        image = tf.image.resize_with_crop_or_pad(image, size, size)
+        image = tf.clip_by_value(tf.image.resize_with_crop_or_pad(image, size, size), 0.0, 255.0)
     else:
         shape = tf.io.extract_jpeg_shape(jpeg)
         window = _center_crop_window(shape, size, preset.eval_crop_padding)

@@ -1,0 +1,125 @@
+"""Input-pipeline speed against the machine's bare JPEG-decoding rate.
+
+    python tools/benchmark_input.py --data_dir SHARDS [--image_size 224]
+    python tools/benchmark_input.py --synthetic_dir /tmp/photos --image_size 224
+
+Measures, in one process, one after the other on the same JPEGs:
+  1. bare decode: the JPEGs, already in memory, fully decoded by a parallel
+     tf.data map (the pipeline's practical ceiling on this machine);
+  2. the training pipeline of tf_lars.data.make_dataset, from the shards
+     (read, parse, random crop with the fused decode, resize, flip,
+     normalize, batch).
+Prints images per second, per core, and the ratio pipeline / bare decode.
+--synthetic_dir writes ImageNet-sized synthetic photos (smooth, 500x375)
+there first, for machines without ImageNet.
+"""
+
+import functools
+import os
+import time
+
+import numpy as np
+from absl import app, flags
+
+import tensorflow as tf
+
+from tf_lars.data import pipeline, schema, writer
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", None, "Folder of training shards.")
+flags.DEFINE_string("synthetic_dir", None, "Write synthetic photo shards here and use them.")
+flags.DEFINE_integer("synthetic_images", 2000, "Images in the synthetic shards.")
+flags.DEFINE_float("synthetic_grain", 20.0, "Noise of the synthetic photos (sets their size).")
+flags.DEFINE_enum("data_format", "imagenet", list(schema.SCHEMAS), "Shard schema.")
+flags.DEFINE_string("preset", "tpu", "Preprocessing preset.")
+flags.DEFINE_integer("image_size", 224, "Output image size.")
+flags.DEFINE_integer("channels", 3, "Channels to decode.")
+flags.DEFINE_integer("num_classes", 1000, "Labels must be below this.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_integer("shuffle_buffer", 10_000, "Records in the pipeline's shuffle buffer.")
+flags.DEFINE_integer("max_images", 4000, "JPEGs held in memory for the bare decode.")
+flags.DEFINE_float("seconds", 20.0, "Time each measurement for about this long.")
+
+
+def synthetic_photo(index, grain=20.0):
+    """A 375x500 RGB JPEG of about ImageNet's mean file size (~110 KB).
+
+    Upsampled noise (smooth regions) plus fine grain (texture), so that its
+    decoding costs about what an ImageNet photo's does.
+    """
+    rng = np.random.default_rng(index)
+    coarse = rng.uniform(0, 255, size=(24, 32, 3)).astype(np.float32)
+    image = tf.image.resize(coarse[None], [375, 500], method="bicubic")[0]
+    image = tf.clip_by_value(image + rng.normal(0, grain, size=(375, 500, 3)), 0, 255)
+    jpeg = tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=90).numpy()
+    return schema.imagenet_example(jpeg, 1 + index % 1000, 375, 500)
+
+
+def rate(iterator, images_per_step, seconds):
+    """Images per second over about `seconds`, after two warm-up steps."""
+    for _ in range(2):
+        next(iterator)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        next(iterator)
+        count += images_per_step
+    return count / (time.perf_counter() - start)
+
+
+def main(argv):
+    del argv
+    data_dir = FLAGS.data_dir
+    if FLAGS.synthetic_dir:
+        _, failures, _ = writer.build_shards(
+            FLAGS.synthetic_dir, "train", list(range(FLAGS.synthetic_images)), 8,
+            functools.partial(synthetic_photo, grain=FLAGS.synthetic_grain),
+            processes=os.cpu_count() or 1)
+        if failures:
+            raise app.UsageError(f"synthetic photos failed: {failures[0]}")
+        data_dir = FLAGS.synthetic_dir
+    if not data_dir:
+        raise app.UsageError("pass --data_dir (shards) or --synthetic_dir")
+    files = pipeline.list_files(data_dir, "train", FLAGS.data_format)
+    fmt = schema.get(FLAGS.data_format)
+    jpegs = (tf.data.TFRecordDataset(files).take(FLAGS.max_images)
+             .map(lambda r: schema.parse(r, fmt)[0]))
+    jpegs = list(jpegs.as_numpy_iterator())
+    if not jpegs:
+        raise app.UsageError(f"no records in the train shards of {data_dir}")
+    jpegs = tf.constant(jpegs)
+    cores = os.cpu_count() or 1
+
+    bare = (tf.data.Dataset.from_tensor_slices(jpegs).repeat()
+            .map(lambda j: tf.shape(tf.io.decode_jpeg(j, channels=FLAGS.channels)),
+                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+            .batch(FLAGS.batch_size).prefetch(tf.data.AUTOTUNE))
+    bare_rate = rate(iter(bare), FLAGS.batch_size, FLAGS.seconds)
+
+    train_rates = {}
+    for dtype in ("float32", "uint8"):
+        train = pipeline.make_dataset(
+            data_dir, "train", training=True, global_batch_size=FLAGS.batch_size,
+            image_size=FLAGS.image_size, data_format=FLAGS.data_format,
+            preset=FLAGS.preset, channels=FLAGS.channels, dtype=dtype,
+            num_classes=FLAGS.num_classes, shuffle_buffer=FLAGS.shuffle_buffer)
+        train_rates[dtype] = rate(iter(train), FLAGS.batch_size, FLAGS.seconds)
+
+    height, width = tf.io.extract_jpeg_shape(jpegs[0]).numpy()[:2]
+    kilobytes = float(tf.reduce_mean(tf.strings.length(jpegs))) / 1e3
+    print(f"shards: {data_dir} ({len(files)} files, first image {height}x{width}, "
+          f"mean JPEG {kilobytes:.0f} KB); "
+          f"{cores} cores; preset {FLAGS.preset}, {FLAGS.image_size} px, "
+          f"batch {FLAGS.batch_size}, shuffle buffer {FLAGS.shuffle_buffer}")
+    print("| measurement | images/s | images/s per core |")
+    print("|---|---|---|")
+    print(f"| bare JPEG decode (in memory) | {bare_rate:.0f} | {bare_rate / cores:.0f} |")
+    what = {"float32": "float32, normalized on the host",
+            "uint8": "uint8, normalized in the model"}
+    for dtype, value in train_rates.items():
+        print(f"| training pipeline ({what[dtype]}) | {value:.0f} | {value / cores:.0f} |")
+    for dtype, value in train_rates.items():
+        print(f"ratio pipeline ({dtype}) / bare decode: {value / bare_rate:.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
