@@ -18,7 +18,12 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["tf_lars", "tf_lars.*"]),
+    packages=find_packages(include=["tf_lars", "tf_lars.*"]) + ["tf_lars.flagfiles"],
+    # The experiments' flagfiles (flags/*.cfg) install as tf_lars.flagfiles,
+    # so `tf-lars-train --flagfile=NAME` finds them by short name.
+    package_dir={"tf_lars.flagfiles": "flags"},
+    package_data={"tf_lars.flagfiles": ["*.cfg"]},
+    entry_points={"console_scripts": ["tf-lars-train = tf_lars.train:run"]},
     # TensorFlow is an extra, not a hard requirement: its GPU build
     # (`tensorflow`) and CPU build (`tensorflow-cpu`) are different
     # distributions, and requiring either would pull it in on top of the

@@ -1,12 +1,13 @@
 """tf_lars: large-batch training for Keras 3 (LARS, warmup schedules, tools).
 
-`import tf_lars` registers `LARS` and the schedules with Keras's
-serialization, so saved models and `keras.optimizers.get("LARS")` find them.
+`import tf_lars` registers `LARS`, the schedules and the models' layers with
+Keras's serialization, so saved models and `keras.optimizers.get("LARS")`
+find them.
 """
 
 import keras
 
-from tf_lars import schedules
+from tf_lars import models, schedules
 from tf_lars.optimizer import LARS
 
 __version__ = "0.1.0"
@@ -15,4 +16,4 @@ __version__ = "0.1.0"
 keras.saving.get_custom_objects().setdefault("LARS", LARS)
 keras.saving.get_custom_objects().setdefault("lars", LARS)
 
-__all__ = ["LARS", "schedules", "__version__"]
+__all__ = ["LARS", "models", "schedules", "__version__"]

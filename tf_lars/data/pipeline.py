@@ -115,7 +115,7 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
                  dtype=tf.float32, num_classes=1000, label_offset=None,
                  input_context=None, shuffle_buffer=10_000, seed=None,
                  strict=False, bad_records=None, cache_eval=False,
-                 preset_overrides=None):
+                 preset_overrides=None, repeat=None):
     """A batched `(images, labels)` dataset for one input pipeline.
 
     Args:
@@ -134,6 +134,9 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
         strict: raise, naming the shard, instead of skipping bad input.
         bad_records: a `BadRecords` to count skipped input in.
         cache_eval: keep the decoded evaluation set in memory.
+        repeat: repeat endlessly, in full batches (default: when training).
+            Distributed evaluation repeats and runs a fixed number of steps,
+            so that every worker runs the same number of batches.
     """
     schema = schemas.get(data_format)
     recipe = preprocessing.get_preset(preset, **(preset_overrides or {}))
@@ -184,7 +187,8 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
                        cycle_length=min(16, len(files)), block_length=1,
                        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.shuffle(shuffle_buffer, seed=seed) if training else ds
-    ds = ds.repeat() if training else ds
+    repeat = training if repeat is None else repeat
+    ds = ds.repeat() if repeat and not (cache_eval and not training) else ds
     if seed is None:
         ds = ds.map(lambda record, shard: decode(None, record, shard),
                     num_parallel_calls=AUTOTUNE, deterministic=deterministic)
@@ -193,6 +197,7 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
                                 num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds if strict else ds.ignore_errors(log_warning=True)
     ds = ds.filter(_is_ok)
-    ds = ds.cache() if cache_eval and not training else ds
-    ds = ds.batch(batch_size, drop_remainder=training).map(_drop_ok)
+    if cache_eval and not training:
+        ds = ds.cache().repeat() if repeat else ds.cache()
+    ds = ds.batch(batch_size, drop_remainder=repeat).map(_drop_ok)
     return ds.prefetch(AUTOTUNE)

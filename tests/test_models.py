@@ -1,0 +1,73 @@
+"""Models: published parameter counts, the v1.5 stride, in-model normalization."""
+
+import numpy as np
+import pytest
+
+import keras
+from tf_lars import models
+
+
+def trainable(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def test_resnet50_v1_5_has_the_published_parameter_count():
+    model = models.build("resnet50")
+    # torchvision's and Flax's ResNet-50: 25,557,032 parameters ("25.6M").
+    assert trainable(model) == 25_557_032
+    # v1.5: a downsampling block strides in its 3x3 convolution, not its 1x1.
+    assert model.get_layer("stage2_block1_2_conv").strides == (2, 2)
+    assert model.get_layer("stage2_block1_1_conv").strides == (1, 1)
+    assert model.output.shape == (None, 1000)
+
+
+def test_zero_init_residual_zeroes_each_blocks_last_gamma():
+    model = models.build("resnet50", zero_init_residual=True)
+    last = [layer for layer in model.layers if layer.name.endswith("_3_bn")]
+    assert len(last) == 16
+    assert all(not np.any(keras.ops.convert_to_numpy(layer.gamma)) for layer in last)
+    assert np.all(keras.ops.convert_to_numpy(model.get_layer("stage1_block1_1_bn").gamma) == 1)
+
+
+def test_alexnet_bn_parameter_count_by_hand():
+    convs = [(11, 3, 96), (5, 96, 256), (3, 256, 384), (3, 384, 384), (3, 384, 256)]
+    conv_weights = sum(k * k * cin * cout for k, cin, cout in convs)  # no biases
+    batch_norm = sum(2 * cout for _, _, cout in convs)  # gamma and beta
+    dense = (6 * 6 * 256 + 1) * 4096 + (4096 + 1) * 4096 + (4096 + 1) * 1000
+    assert trainable(models.build("alexnet_bn")) == conv_weights + batch_norm + dense
+    # Published ungrouped AlexNet (with conv biases, no BatchNorm): 62,378,344.
+    assert conv_weights + sum(c for _, _, c in convs) + dense == 62_378_344
+
+
+def test_resnet20_matches_he_et_al():
+    model = models.build("resnet20", num_classes=10, image_size=32)
+    # He et al. 2016, Table 6: ResNet-20 has 0.27M parameters.
+    assert 265_000 <= trainable(model) <= 275_000
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) + 1 == 20  # 19 convolutions and the classifier
+
+
+def test_small_resnet_rejects_bad_depth():
+    with pytest.raises(ValueError, match="depth=21"):
+        models.small_resnet(depth=21)
+
+
+def test_uint8_input_is_normalized_inside_the_model():
+    mean, std = (120.0, 110.0, 100.0), (60.0, 50.0, 40.0)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
+    keras.utils.set_random_seed(1)
+    as_uint8 = models.build("resnet20", image_size=32, input_dtype="uint8", mean=mean, std=std)
+    keras.utils.set_random_seed(1)
+    as_float = models.build("resnet20", image_size=32)
+    for layer in as_float.layers:
+        if layer.weights:
+            layer.set_weights(as_uint8.get_layer(layer.name).get_weights())
+    normalized = (pixels.astype(np.float32) - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(as_uint8(pixels)),
+                               keras.ops.convert_to_numpy(as_float(normalized)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_model_is_named():
+    with pytest.raises(ValueError, match="Unknown model 'vgg'"):
+        models.build("vgg")

@@ -1,0 +1,247 @@
+"""The training program, run as users run it: a subprocess with flags."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import keras
+
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("the trainer needs TensorFlow", allow_module_level=True)
+
+from absl import flags  # noqa: E402
+
+from tf_lars.training import flagfiles  # noqa: E402
+from tf_lars.training import flags as train_flags  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--data_format=synthetic", "--model=resnet8", "--image_size=16", "--num_classes=4",
+        "--batch_size=16", "--train_examples=64", "--eval_examples=32", "--seed=3",
+        "--warmup_epochs=1", "--learning_rate=0.5", "--trust_coefficient=0.01",
+        "--log_every_steps=1", "--verbose=0"]
+
+
+def env(**extra):
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, **extra)
+
+
+def train(*args, timeout=300, **extra_env):
+    return subprocess.run([sys.executable, "-m", "tf_lars.train", *args], env=env(**extra_env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def last_line(result):
+    """The error line: the last one, or the one before absl's help hint."""
+    lines = result.stderr.strip().splitlines() or [""]
+    return lines[-2] if lines[-1].startswith("Pass --helpshort") else lines[-1]
+
+
+def weights_of(path, trainable_only=False):
+    model = keras.models.load_model(path, compile=False)
+    if trainable_only:
+        return [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    return model.get_weights()
+
+
+@pytest.fixture
+def absl_flags():
+    train_flags.define()
+    flags.FLAGS.unparse_flags()
+    yield flags.FLAGS
+    flags.FLAGS.unparse_flags()
+
+
+def test_every_shipped_flagfile_parses(absl_flags):
+    shipped = flagfiles.shipped()
+    assert {"common", "smoke", "fashion_mnist", "resnet50_lars_32k", "resnet50_lars_16k",
+            "resnet50_lars_8k", "alexnet_bn_lars_8k", "alexnet_bn_lars_32k",
+            "resnet50_sgd_256", "resnet50_goyal_8k"} <= set(shipped)
+    for name in shipped:
+        absl_flags.unparse_flags()
+        absl_flags(flagfiles.expand(["prog", f"--flagfile={name}"]))
+    absl_flags.unparse_flags()
+    absl_flags(flagfiles.expand(["prog", "--flagfile=resnet50_lars_32k"]))
+    # The experiment's own values win over the included common file's.
+    assert absl_flags.batch_size == 32768 and absl_flags.learning_rate == 32.0
+    assert absl_flags.warmup_epochs == 14 and absl_flags.poly_power == 2  # from common
+    absl_flags.unparse_flags()
+    absl_flags(flagfiles.expand(["prog", "--flagfile=alexnet_bn_lars_32k", "--flagfile=smoke"]))
+    assert absl_flags.model == "alexnet_bn" and absl_flags.batch_size == 32  # smoke last
+
+
+def test_flagfile_by_path_and_errors(tmp_path):
+    base = tmp_path / "base.cfg"
+    base.write_text("# a comment\n--batch_size=48\n")
+    (tmp_path / "child.cfg").write_text("--flagfile=base.cfg\n--epochs=3\n")
+    assert flagfiles.expand(["p", f"--flagfile={tmp_path / 'child.cfg'}"]) == [
+        "p", "--batch_size=48", "--epochs=3"]
+    with pytest.raises(SystemExit, match="no_such: no such file"):
+        flagfiles.expand(["p", "--flagfile=no_such"])
+    (tmp_path / "loop.cfg").write_text("--flagfile=loop.cfg\n")
+    with pytest.raises(SystemExit, match="includes itself"):
+        flagfiles.expand(["p", f"--flagfile={tmp_path / 'loop.cfg'}"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--strategy=bogus"], "--strategy"),
+    (["--strategy=tpu"], "--strategy=tpu: no TPU"),
+    (["--strategy=mirrored", "--cpu_devices=2", "--batch_size=15"],
+     "--batch_size=15 does not divide among the 2 replicas"),
+    (["--data_format=imagenet", "--data_dir=/no/such/dir"], "data_dir '/no/such/dir' is not a folder"),
+    (["--data_format=imagenet"], "--data_dir is needed"),
+    (None, "give the run's length: --epochs or --train_steps"),
+])
+def test_bad_flags_fail_with_one_clear_line(tmp_path, args, message):
+    length = [] if args is None else ["--epochs=1"]
+    result = train(*TINY, f"--model_dir={tmp_path}", *length, *(args or []), timeout=120)
+    assert result.returncode != 0
+    assert message in last_line(result), result.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "model.keras")
+
+
+def read_tags(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in glob.glob(os.path.join(folder, "**", "events.out.tfevents.*"), recursive=True):
+        accumulator = EventAccumulator(events, size_guidance={"tensors": 0})
+        accumulator.Reload()
+        where = os.path.relpath(os.path.dirname(events), folder)
+        tags |= {(where, tag) for tag in accumulator.Tags()["tensors"]}
+    return tags
+
+
+def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
+    shards, out = tmp_path / "shards", tmp_path / "run"
+    build = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "build_fashion_mnist_tfrecords.py"),
+         f"--output_dir={shards}", "--limit=512", "--train_shards=2", "--validation_shards=1"]
+        + ([f"--idx_dir={os.environ['TF_LARS_FASHION_MNIST']}"]
+           if os.environ.get("TF_LARS_FASHION_MNIST") else []),
+        env=env(), capture_output=True, text=True, timeout=120)
+    if build.returncode and "not found" in build.stderr:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    assert build.returncode == 0, build.stderr[-2000:]
+    result = train("--flagfile=fashion_mnist", f"--data_dir={shards}", f"--model_dir={out}",
+                   "--model=resnet8", "--batch_size=128", "--train_examples=512",
+                   "--eval_examples=512", "--epochs=2", "--log_every_steps=1",
+                   "--eval_every_epochs=1", "--learning_rate=0.5", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tf-lars-train: resnet8 on fashion_mnist: top-1" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["skipped_records"]["bad_images"] == 0
+    config = json.loads((out / "flags.json").read_text())
+    assert config["flags"]["batch_size"] == 128 and config["derived"]["steps_per_epoch"] == 4
+    assert config["derived"]["warmup_steps"] == 8 - 1  # 2 warmup epochs, capped below the end
+    assert (out / "model.keras").exists() and (out / "checkpoint.keras").exists()
+    tags = read_tags(str(out))
+    for expected in [("train", "learning_rate"), ("train", "images_per_second"),
+                     ("train", "epoch_images_per_second"), ("train", "epoch_loss"),
+                     ("train", "epoch_accuracy"), ("train", "epoch_top5"),
+                     ("validation", "epoch_loss"), ("validation", "epoch_accuracy"),
+                     ("validation", "epoch_top5"), ("train", "lars/trust_ratios"),
+                     ("train", "skipped_records/bad_images"),
+                     ("train", "lars/trust_ratio/stem_conv/kernel"),
+                     ("train", "lars/weight_norm/logits/kernel"),
+                     ("train", "lars/grad_norm/logits/kernel")]:
+        assert expected in tags, sorted(tags)
+
+
+def test_nan_loss_stops_with_likely_causes(tmp_path):
+    result = train(*TINY, f"--model_dir={tmp_path}", "--epochs=2", "--learning_rate=1e30",
+                   "--trust_coefficient=1e10", "--optimizer=lars")
+    assert result.returncode != 0
+    line = last_line(result)
+    assert "training stopped: the loss became" in line and "--trust_coefficient" in line
+
+
+def test_killed_run_resumes_with_the_same_step_count(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, f"--model_dir={out}", "--epochs=6", "--train_examples=640",
+            "--eval_every_epochs=0"]
+    process = subprocess.Popen([sys.executable, "-m", "tf_lars.train", *args], env=env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = out / "backup" / "training_metadata.json"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and process.poll() is None:
+            if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    finally:
+        process.kill()
+    assert not (out / "summary.json").exists()
+    result = train(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_epoch"] >= 2
+    assert summary["steps"] == 6 * 40  # as many steps as an uninterrupted run
+    assert summary["epochs_run"] == 6 - summary["resumed_from_epoch"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
+    import tf_lars
+    from tf_lars.data import preprocessing
+
+    # Both runs start from the same weights (TF's initial values depend on
+    # the strategy), made here with the model the flags below select.
+    start = tf_lars.models.build("resnet8", num_classes=4, image_size=16, input_dtype="uint8",
+                                 mean=preprocessing.TPU.mean, std=preprocessing.TPU.std)
+    start.save_weights(tmp_path / "start.weights.h5")
+    common = [*TINY, "--train_steps=6", "--eval_every_epochs=0",
+              f"--init_weights={tmp_path / 'start.weights.h5'}"]
+    single = train(*common, "--strategy=mirrored", "--cpu_devices=2",
+                   f"--model_dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "tf_lars.train", *common, "--strategy=multi_worker_mirrored",
+             f"--model_dir={tmp_path / 'multi'}", f"--scratch_dir={tmp_path / f'scratch{index}'}"],
+            env=env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    try:
+        outputs = [w.communicate(timeout=240) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+
+    # The trained weights are all-reduced: the same on both workers.
+    for a, b in zip(weights_of(tmp_path / "multi" / "model.keras", trainable_only=True),
+                    weights_of(tmp_path / "scratch1" / "model.keras", trainable_only=True)):
+        np.testing.assert_array_equal(a, b)
+    # All weights, BatchNorm's moving statistics too (each replica keeps its
+    # own, as on TPUs), equal those of the one-process run's first replica.
+    start = start.get_weights()
+    chief = weights_of(tmp_path / "multi" / "model.keras")
+    alone = weights_of(tmp_path / "single" / "model.keras")
+    for a, c, s in zip(chief, alone, start):
+        np.testing.assert_allclose(a, c, atol=1e-4, rtol=1e-4)
+    assert max(np.abs(a - s).max() for a, s in zip(chief, start)) > 1e-3  # it trained
+    # The chief's files, and nothing of the other worker's, are in --model_dir.
+    assert sorted(os.listdir(tmp_path / "multi")) == sorted(os.listdir(tmp_path / "single"))
+    assert not os.path.exists(tmp_path / "scratch0" / "model.keras")
+    assert sorted(os.listdir(tmp_path / "scratch1")) == ["checkpoint.keras", "model.keras"]

@@ -1,0 +1,28 @@
+"""AlexNet-BN: the AlexNet of "ImageNet Training in Minutes" (You et al.).
+
+Krizhevsky et al.'s five convolutions and three dense layers (96-256-384-
+384-256, 4096-4096, ungrouped), with BatchNorm after each convolution and no
+local response normalization, which is what let LARS train it at batch 32K.
+"""
+
+import keras
+
+from tf_lars.models import layers as L
+
+
+def alexnet_bn(num_classes=1000, image_size=224, channels=3, input_dtype="float32",
+               dropout=0.5, mean=(0.0,), std=(1.0,)):
+    inputs, x = L.image_input(image_size, channels, input_dtype, mean, std)
+    x = L.conv_bn_relu(x, 96, 11, 4, name="conv1")
+    x = keras.layers.MaxPooling2D(3, 2, name="pool1")(x)
+    x = L.conv_bn_relu(x, 256, 5, name="conv2")
+    x = keras.layers.MaxPooling2D(3, 2, name="pool2")(x)
+    x = L.conv_bn_relu(x, 384, 3, name="conv3")
+    x = L.conv_bn_relu(x, 384, 3, name="conv4")
+    x = L.conv_bn_relu(x, 256, 3, name="conv5")
+    x = keras.layers.MaxPooling2D(3, 2, name="pool5")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for i in (6, 7):
+        x = keras.layers.Dense(4096, activation="relu", name=f"fc{i}")(x)
+        x = keras.layers.Dropout(dropout, name=f"drop{i}")(x)
+    return keras.Model(inputs, L.classifier(x, num_classes, name="fc8"), name="alexnet_bn")

@@ -1,0 +1,50 @@
+"""Building blocks shared by tf_lars's models (channels-last Keras layers)."""
+
+import keras
+
+# The reference ResNet/TPU recipes: BatchNorm decay 0.9, epsilon 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+# He normal (fan-out) for convolutions, as the reference ResNet-50s.
+CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal")
+
+
+def conv(filters, kernel, strides=1, name=None):
+    """A bias-free convolution (a BatchNorm follows), "same" padding."""
+    return keras.layers.Conv2D(filters, kernel, strides=strides, padding="same",
+                               use_bias=False, kernel_initializer=CONV_INIT, name=name)
+
+
+def batch_norm(name=None, zero_gamma=False):
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+        gamma_initializer="zeros" if zero_gamma else "ones")
+
+
+def conv_bn_relu(x, filters, kernel, strides=1, name=None):
+    x = conv(filters, kernel, strides, name=f"{name}_conv")(x)
+    x = batch_norm(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def image_input(image_size, channels, input_dtype, mean, std, name="image"):
+    """The model's input; uint8 pixels are normalized here, on the device.
+
+    The input pipeline can hand over uint8 images (see
+    `tf_lars.data.preprocessing.normalize`): 4x fewer bytes to the device and
+    no float pass on the host. Float input is taken as already normalized.
+    """
+    inputs = keras.Input((image_size, image_size, channels), dtype=input_dtype, name=name)
+    x = inputs
+    if input_dtype == "uint8":
+        mean = list(mean) * (channels // len(mean))
+        variance = [s * s for s in std] * (channels // len(std))
+        x = keras.layers.Normalization(mean=mean, variance=variance, name="normalize")(x)
+    return inputs, x
+
+
+def classifier(x, num_classes, name="logits"):
+    """Float32 logits, whatever the compute dtype (stable softmax and loss)."""
+    x = keras.layers.Dense(num_classes, name=name,
+                           kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(x)
+    return keras.layers.Activation("linear", dtype="float32", name=f"{name}_float32")(x)

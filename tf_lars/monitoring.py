@@ -1,0 +1,112 @@
+"""Keras callbacks that watch a large-batch run.
+
+* `TrainingMonitor` writes to TensorBoard what Keras's own callback does
+  not: the learning rate at every step, images per second, the input
+  pipeline's skipped records and, from a `LARS(track_trust_ratios=True)`,
+  each layer's trust ratio, weight norm and gradient norm (a scalar per
+  layer and a histogram across layers).
+* `StopOnNaN` ends training at the first non-finite loss and says why.
+"""
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_lars.optimizer import LARS
+
+
+def inner_optimizer(optimizer):
+    """The optimizer inside a `LossScaleOptimizer`, or the optimizer itself."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+class TrainingMonitor(keras.callbacks.Callback):
+    """Step- and epoch-level TensorBoard scalars of a run (chief only).
+
+    Args:
+        log_dir: folder of the event files (Keras's TensorBoard callback
+            writes its `train`/`validation` folders beside this one).
+        global_batch_size: images per optimizer step, for images/s.
+        log_every_steps: steps between images/s and trust-ratio summaries
+            (the learning rate is written every step).
+        bad_records: a `tf_lars.data.pipeline.BadRecords`, or None.
+    """
+
+    def __init__(self, log_dir, global_batch_size, log_every_steps=10, bad_records=None):
+        super().__init__()
+        self.log_dir = log_dir
+        self.global_batch_size = global_batch_size
+        self.log_every_steps = max(1, log_every_steps)
+        self.bad_records = bad_records
+        self.images_per_second = []  # One figure an epoch.
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+        self._last_step, self._last_time = self._step(), time.perf_counter()
+
+    def _step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_step, self._epoch_time = self._step(), time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        optimizer = self.model.optimizer
+        with self._writer.as_default(step=step):
+            tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+            if step - self._last_step >= self.log_every_steps:
+                now = time.perf_counter()
+                rate = (step - self._last_step) * self.global_batch_size / (now - self._last_time)
+                tf.summary.scalar("images_per_second", rate)
+                self._last_step, self._last_time = step, now
+                self._trust_ratios(optimizer)
+
+    def _trust_ratios(self, optimizer):
+        lars = inner_optimizer(optimizer)
+        if not isinstance(lars, LARS) or not lars.track_trust_ratios:
+            return
+        stats = lars.trust_ratio_stats()
+        for path, (ratio, w_norm, g_norm) in stats.items():
+            tf.summary.scalar(f"lars/trust_ratio/{path}", ratio)
+            tf.summary.scalar(f"lars/weight_norm/{path}", w_norm)
+            tf.summary.scalar(f"lars/grad_norm/{path}", g_norm)
+        if stats:
+            tf.summary.histogram("lars/trust_ratios", np.array([s[0] for s in stats.values()]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._epoch_time
+        rate = (self._step() - self._epoch_step) * self.global_batch_size / max(seconds, 1e-9)
+        self.images_per_second.append(rate)
+        with self._writer.as_default(step=self._step()):
+            tf.summary.scalar("epoch_images_per_second", rate)
+            if self.bad_records is not None:
+                for kind, count in self.bad_records.result().items():
+                    tf.summary.scalar(f"skipped_records/{kind}", count)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        self._writer.close()
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops at the first non-finite loss; `message` then says what to try."""
+
+    def __init__(self):
+        super().__init__()
+        self.message = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            step = int(self.model.optimizer.iterations.numpy())
+            self.message = (
+                f"the loss became {float(loss)} at step {step}. Likely causes: a learning "
+                "rate too high for this batch size (--learning_rate, "
+                "--base_learning_rate), a trust coefficient too large "
+                "(--trust_coefficient), or a warmup too short (--warmup_epochs)")
+            self.model.stop_training = True

@@ -1,0 +1,243 @@
+"""tf-lars-train: train an image classifier with LARS under tf.distribute.
+
+    tf-lars-train --flagfile=fashion_mnist --data_dir=data/fashion_mnist
+    python -m tf_lars.train --flagfile=flags/resnet50_lars_32k.cfg --data_dir=gs://...
+
+`--flagfile` takes a path or the short name of a file in `flags/`
+(`resnet50_lars_32k`); flagfiles may include others by the same rule.
+Writes to `--model_dir` (chief only): `flags.json` (every flag and the
+derived values), TensorBoard logs, `checkpoint.keras` each epoch, `backup/`
+(resumes a preempted run), `model.keras` and `summary.json` at the end.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+
+from tf_lars.training import flags as train_flags
+from tf_lars.training import flagfiles
+
+train_flags.define()
+FLAGS = flags.FLAGS
+
+
+def derived_values(data, num_replicas):
+    """Steps and rates that follow from the flags, each with its reason."""
+    batch = FLAGS.batch_size
+    if batch % num_replicas:
+        raise ValueError(f"--batch_size={batch} does not divide among the "
+                         f"{num_replicas} replicas: use a multiple of {num_replicas}")
+    # Whole batches only: an epoch is the number of full global batches.
+    steps_per_epoch = data.train_examples // batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"--batch_size={batch} is larger than the training set "
+                         f"({data.train_examples} examples)")
+    if FLAGS.train_steps is None and FLAGS.epochs is None:
+        raise ValueError("give the run's length: --epochs or --train_steps")
+    total_steps = FLAGS.train_steps or max(1, round(FLAGS.epochs * steps_per_epoch))
+    # Linear scaling rule (Goyal et al.): the peak rate grows with the batch,
+    # unless an absolute --learning_rate is given.
+    peak = FLAGS.learning_rate or (FLAGS.base_learning_rate * batch / FLAGS.base_batch_size)
+    # Warmup is given in epochs so that it means the same at every batch size.
+    warmup_steps = min(round(FLAGS.warmup_epochs * steps_per_epoch), total_steps - 1)
+    eval_batch = FLAGS.eval_batch_size or batch
+    if eval_batch % num_replicas:
+        raise ValueError(f"--eval_batch_size={eval_batch} does not divide among the "
+                         f"{num_replicas} replicas: use a multiple of {num_replicas}")
+    # Evaluation repeats its data and runs a fixed number of steps, the same
+    # on every worker; a batch that divides the set sees each image once.
+    eval_steps = -(-data.eval_examples // eval_batch)
+    return dict(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                epochs=-(-total_steps // steps_per_epoch), peak_learning_rate=peak,
+                warmup_steps=warmup_steps, eval_steps=eval_steps, eval_batch=eval_batch,
+                replicas=num_replicas, per_replica_batch=batch // num_replicas)
+
+
+def make_schedule(d):
+    from tf_lars import schedules
+
+    if FLAGS.schedule == "poly":
+        return schedules.WarmupPolynomialDecay(
+            d["peak_learning_rate"], d["total_steps"], d["warmup_steps"],
+            power=FLAGS.poly_power, end_learning_rate=FLAGS.end_learning_rate)
+    if FLAGS.schedule == "cosine":
+        return schedules.warmup_cosine_decay(
+            d["peak_learning_rate"], d["total_steps"], d["warmup_steps"],
+            end_learning_rate=FLAGS.end_learning_rate)
+    boundaries = [round(float(e) * d["steps_per_epoch"]) for e in FLAGS.step_epochs]
+    values = [d["peak_learning_rate"] * 0.1 ** i for i in range(len(boundaries) + 1)]
+    return schedules.WarmupPiecewiseConstant(boundaries, values, d["warmup_steps"])
+
+
+def make_optimizer(d):
+    from tf_lars import LARS
+
+    kwargs = dict(learning_rate=make_schedule(d), momentum=FLAGS.momentum,
+                  weight_decay=FLAGS.weight_decay,
+                  gradient_accumulation_steps=FLAGS.gradient_accumulation_steps)
+    if FLAGS.optimizer == "sgd":
+        # Momentum SGD with the same coupled weight decay and masks: LARS
+        # with layer adaptation switched off for every variable.
+        return LARS(exclude_from_layer_adaptation=[""], name="sgd", **kwargs)
+    return LARS(trust_coefficient=FLAGS.trust_coefficient, trust_ratio=FLAGS.trust_ratio,
+                track_trust_ratios=FLAGS.log_trust_ratios, **kwargs)
+
+
+def build_model(data):
+    from tf_lars import models
+
+    kwargs = dict(num_classes=data.num_classes, image_size=data.image_size,
+                  channels=data.channels, input_dtype="uint8",
+                  mean=data.norm[0], std=data.norm[1])
+    if FLAGS.model != "alexnet_bn":
+        kwargs["zero_init_residual"] = FLAGS.zero_init_residual
+    return models.build(FLAGS.model, **kwargs)
+
+
+def load_initial_weights(model, path):
+    import keras
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--init_weights={path}: no such file")
+    try:
+        if path.endswith(".keras"):
+            model.set_weights(keras.models.load_model(path, compile=False).get_weights())
+        else:
+            model.load_weights(path)
+    except ValueError as e:
+        raise ValueError(f"--init_weights={path} does not fit --model={FLAGS.model} "
+                         f"with these flags: {str(e).splitlines()[0]}") from None
+
+
+def setup():
+    """Everything that can fail on bad flags or data, before any training."""
+    import keras
+
+    from tf_lars.data import pipeline
+    from tf_lars.training import inputs, keras_mwms, strategy as strategies
+
+    if FLAGS.strategy == "multi_worker_mirrored" or os.environ.get("TF_CONFIG"):
+        keras_mwms.apply()
+    strategies.split_cpu(FLAGS.cpu_devices)
+    strategy = strategies.make(FLAGS.strategy, FLAGS.tpu, FLAGS.collective_communication)
+    chief = strategies.is_chief(strategy)
+    if chief and not FLAGS.model_dir:
+        raise ValueError("--model_dir is needed: where logs, checkpoints and the model go")
+    data = inputs.spec(
+        FLAGS.data_format, FLAGS.data_dir, image_size=FLAGS.image_size,
+        channels=FLAGS.channels, num_classes=FLAGS.num_classes, preset=FLAGS.preset,
+        train_examples=FLAGS.train_examples, eval_examples=FLAGS.eval_examples,
+        label_offset=FLAGS.label_offset, strict=FLAGS.strict_data,
+        cache_eval=FLAGS.cache_eval, shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed)
+    if data.data_format != "synthetic":
+        for split in ("train", "validation"):  # Missing shards fail now, not mid-run.
+            pipeline.list_files(data.data_dir, split, data.schema)
+    d = derived_values(data, strategy.num_replicas_in_sync)
+    if FLAGS.seed is not None:
+        keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.mixed_precision != "none":
+        keras.config.set_dtype_policy(FLAGS.mixed_precision)
+    bad_records = pipeline.BadRecords()  # Outside the scope: a host variable.
+    with strategy.scope():
+        model = build_model(data)
+        if FLAGS.init_weights:
+            load_initial_weights(model, FLAGS.init_weights)
+        model.compile(
+            optimizer=make_optimizer(d),
+            loss=keras.losses.CategoricalCrossentropy(
+                from_logits=True, label_smoothing=FLAGS.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                     keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+            jit_compile=FLAGS.jit_compile, steps_per_execution=FLAGS.steps_per_execution)
+    # Each worker's pipeline is built here, so too few shards fail before training.
+    train_ds = strategy.distribute_datasets_from_function(
+        inputs.dataset_fn(data, FLAGS.batch_size, True, bad_records))
+    eval_ds = strategy.distribute_datasets_from_function(
+        inputs.dataset_fn(data, d["eval_batch"], False, bad_records))
+    return strategy, chief, data, d, model, train_ds, eval_ds, bad_records
+
+
+def callbacks_for(chief, d, bad_records):
+    import keras
+
+    from tf_lars import monitoring
+    from tf_lars.training import checkpoints
+
+    scratch = FLAGS.scratch_dir or tempfile.mkdtemp(prefix="tf_lars_worker_")
+    out = FLAGS.model_dir if chief else scratch
+    nan = monitoring.StopOnNaN()
+    backup = checkpoints.BackupAndRestore(
+        os.path.join(FLAGS.model_dir or scratch, "backup"), chief=chief,
+        delete_checkpoint=False)
+    callbacks = [nan, backup, checkpoints.checkpoint_callback(out, chief, scratch)]
+    monitor = None
+    if chief:
+        monitor = monitoring.TrainingMonitor(
+            os.path.join(out, "train"), FLAGS.batch_size, FLAGS.log_every_steps, bad_records)
+        callbacks += [keras.callbacks.TensorBoard(out, update_freq=FLAGS.log_every_steps),
+                      monitor]
+    return callbacks, nan, backup, monitor, out
+
+
+def save_config(out, d, data):
+    """The final value of every training flag, and what was derived from them."""
+    values = {f.name: f.value
+              for f in FLAGS.flags_by_module_dict().get(train_flags.__name__, [])}
+    with open(os.path.join(out, "flags.json"), "w") as f:
+        json.dump({"flags": values, "derived": d, "data": vars(data)}, f, indent=2, default=str)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        strategy, chief, data, d, model, train_ds, eval_ds, bad = setup()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"tf-lars-train: error: {e}")
+    callbacks, nan, backup, monitor, out = callbacks_for(chief, d, bad)
+    os.makedirs(out, exist_ok=True)
+    if chief:
+        save_config(out, d, data)
+    logging.info("%d replicas, global batch %d (%d each), %d steps (%d per epoch, "
+                 "%d warmup), peak learning rate %.4g", d["replicas"], FLAGS.batch_size,
+                 d["per_replica_batch"], d["total_steps"], d["steps_per_epoch"],
+                 d["warmup_steps"], d["peak_learning_rate"])
+    start = time.time()
+    # steps_per_epoch is always given: without it Keras can advance the
+    # iteration count once more per epoch, shifting step-based schedules.
+    history = model.fit(
+        train_ds, epochs=d["epochs"], steps_per_epoch=d["steps_per_epoch"],
+        validation_data=eval_ds if FLAGS.eval_every_epochs else None,
+        validation_steps=d["eval_steps"], validation_freq=max(1, FLAGS.eval_every_epochs),
+        callbacks=callbacks, verbose=FLAGS.verbose)
+    seconds = time.time() - start
+    if nan.message:
+        sys.exit(f"tf-lars-train: training stopped: {nan.message}")
+    results = model.evaluate(eval_ds, steps=d["eval_steps"], return_dict=True, verbose=0)
+    steps = int(model.optimizer.iterations.numpy())
+    trained = steps - (backup.resumed_from_epoch or 0) * d["steps_per_epoch"]
+    summary = dict(top1=results["accuracy"], top5=results["top5"], loss=results["loss"],
+                   steps=steps, resumed_from_epoch=backup.resumed_from_epoch,
+                   wall_seconds=seconds, images_per_second=trained * FLAGS.batch_size / seconds,
+                   skipped_records=bad.result(), epochs_run=len(history.epoch))
+    model.save(os.path.join(out, "model.keras"))
+    if chief:
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    print(f"tf-lars-train: {FLAGS.model} on {FLAGS.data_format}: top-1 {summary['top1']:.4f}, "
+          f"top-5 {summary['top5']:.4f} on {d['eval_steps'] * d['eval_batch']} eval images; "
+          f"{steps} steps at batch {FLAGS.batch_size}; {seconds:.0f} s, "
+          f"{summary['images_per_second']:.0f} images/s; logs: tensorboard --logdir {out}")
+
+
+def run():
+    """Console entry point: expands short flagfile names, then runs `main`."""
+    app.run(main, argv=flagfiles.expand(sys.argv))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""The training program's parts: flags, strategy, data, callbacks, run."""

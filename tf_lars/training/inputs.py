@@ -1,0 +1,105 @@
+"""The trainer's data: per-format defaults, shard pipelines and synthetic data."""
+
+import dataclasses
+
+import tensorflow as tf
+
+from tf_lars.data import pipeline, preprocessing
+
+# Sizes and shapes of each data format, used where a flag is left unset.
+FORMAT_DEFAULTS = {
+    "imagenet": dict(image_size=224, channels=3, num_classes=1000, preset="tpu",
+                     train_examples=1_281_167, eval_examples=50_000),
+    "tfds": dict(image_size=224, channels=3, num_classes=1000, preset="tpu",
+                 train_examples=1_281_167, eval_examples=50_000),
+    "fashion_mnist": dict(image_size=28, channels=1, num_classes=10, preset="small",
+                          train_examples=60_000, eval_examples=10_000),
+    "synthetic": dict(image_size=224, channels=3, num_classes=1000, preset="tpu",
+                      train_examples=1_281_167, eval_examples=50_000),
+}
+
+
+@dataclasses.dataclass
+class DataSpec:
+    data_format: str
+    data_dir: str
+    image_size: int
+    channels: int
+    num_classes: int
+    preset: str
+    train_examples: int
+    eval_examples: int
+    label_offset: int = None
+    strict: bool = False
+    cache_eval: bool = False
+    shuffle_buffer: int = 10_000
+    seed: int = None
+
+    @property
+    def schema(self):  # Fashion-MNIST shards are written in the ImageNet schema.
+        return "tfds" if self.data_format == "tfds" else "imagenet"
+
+    @property
+    def norm(self):
+        """Mean and std the model applies to the uint8 pixels it receives."""
+        recipe = preprocessing.get_preset(self.preset)
+        return recipe.mean, recipe.std
+
+
+def spec(data_format, data_dir=None, **given):
+    """A `DataSpec`: the values given, else the format's defaults."""
+    values = dict(FORMAT_DEFAULTS[data_format])
+    values.update({k: v for k, v in given.items() if v is not None})
+    if data_format != "synthetic" and not data_dir:
+        raise ValueError(f"--data_dir is needed for --data_format={data_format}")
+    return DataSpec(data_format=data_format, data_dir=data_dir, **values)
+
+
+def _one_hot(num_classes):
+    def convert(images, labels):
+        return images, tf.one_hot(labels, num_classes)
+    return convert
+
+
+def synthetic(data, context, global_batch_size):
+    """A fixed stream of global batches of random uint8 images.
+
+    Example `i` of the stream is a function of `i` alone, and each replica
+    takes its slice of every global batch, so any topology (devices,
+    workers) sees the same global batches: runs can be compared exactly.
+    """
+    per_replica = context.get_per_replica_batch_size(global_batch_size)
+    replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
+    first = context.input_pipeline_id * replicas_here
+    seed = data.seed or 0
+    shape = [data.image_size, data.image_size, data.channels]
+
+    def example(batch_index, offset):
+        step, local = batch_index // replicas_here, batch_index % replicas_here
+        i = (step * context.num_replicas_in_sync + first + local) * per_replica + offset
+        pixels = tf.random.stateless_uniform(shape, [seed, i % 4096], 0, 256, tf.int32)
+        return tf.cast(pixels, tf.uint8), tf.cast(i % data.num_classes, tf.int32)
+
+    ds = tf.data.Dataset.range(tf.int64.max).flat_map(lambda b: tf.data.Dataset.range(per_replica).map(
+        lambda k: example(b, k)))
+    return ds.batch(per_replica, drop_remainder=True)
+
+
+def dataset_fn(data, global_batch_size, training, bad_records=None):
+    """A function of `tf.distribute.InputContext`, for
+    `strategy.distribute_datasets_from_function`, yielding uint8 images
+    (normalized inside the model) and one-hot labels."""
+    def make(context):
+        if data.data_format == "synthetic":
+            ds = synthetic(data, context, global_batch_size)
+        else:
+            ds = pipeline.make_dataset(
+                data.data_dir, "train" if training else "validation", training=training,
+                global_batch_size=global_batch_size, image_size=data.image_size,
+                data_format=data.schema, preset=data.preset, channels=data.channels,
+                dtype=tf.uint8, num_classes=data.num_classes, label_offset=data.label_offset,
+                input_context=context, shuffle_buffer=data.shuffle_buffer, seed=data.seed,
+                strict=data.strict, bad_records=bad_records, cache_eval=data.cache_eval,
+                repeat=True)
+        return ds.map(_one_hot(data.num_classes)).prefetch(tf.data.AUTOTUNE)
+    return make
