@@ -167,13 +167,17 @@ def compiled_model():
     return model
 
 
-def test_keras_file_resume_equals_uninterrupted(tmp_path):
+def uninterrupted_and_first_epoch():
+    """A 3-epoch run, and a run stopped after its first epoch."""
     x, y = data()
-    straight = compiled_model()
+    straight, first = compiled_model(), compiled_model()
     run_epochs(straight, x, y, 3)
-
-    first = compiled_model()
     run_epochs(first, x, y, 1)
+    return x, y, straight, first
+
+
+def test_keras_file_resume_equals_uninterrupted(tmp_path):
+    x, y, straight, first = uninterrupted_and_first_epoch()
     path = os.path.join(tmp_path, "mid.keras")
     first.save(path)
     resumed = keras.models.load_model(path)
@@ -184,12 +188,7 @@ def test_keras_file_resume_equals_uninterrupted(tmp_path):
 
 
 def test_tf_checkpoint_resume_equals_uninterrupted(tmp_path):
-    x, y = data()
-    straight = compiled_model()
-    run_epochs(straight, x, y, 3)
-
-    first = compiled_model()
-    run_epochs(first, x, y, 1)
+    x, y, straight, first = uninterrupted_and_first_epoch()
     path = tf.train.Checkpoint(model=first, optimizer=first.optimizer).save(
         os.path.join(tmp_path, "ckpt"))
     resumed = compiled_model()

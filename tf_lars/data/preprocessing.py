@@ -11,7 +11,7 @@ decoded), resized, randomly flipped, normalized. Evaluation: a centre crop.
 * `LEGACY` (MLPerf / Model Garden imagenet_preprocessing.py): the record's
   human boxes, area 0.05..1, 100 attempts, whole image without boxes;
   bilinear; eval: shorter side to 256, centre crop 224. Means subtracted.
-* `SMALL`: for 28-32 pixel images (Fashion-MNIST, CIFAR): area 0.64..1,
+* `SMALL`: for 28-32 pixel images (Fashion-MNIST, CIFAR): area 0.8..1,
   10 attempts, bilinear, eval on the whole image.
 """
 
@@ -45,7 +45,7 @@ TPU = Preset(0.1, (3 / 4, 4 / 3), (0.08, 1.0), 10, False, True, "bicubic",
              32, 0, IMAGENET_MEAN, IMAGENET_STD)
 LEGACY = Preset(0.1, (0.75, 1.33), (0.05, 1.0), 100, True, False, "bilinear",
                 0, 256, LEGACY_MEAN, (1.0, 1.0, 1.0))
-SMALL = Preset(0.1, (3 / 4, 4 / 3), (0.64, 1.0), 10, False, False, "bilinear",
+SMALL = Preset(0.1, (3 / 4, 4 / 3), (0.8, 1.0), 10, False, False, "bilinear",
                0, 0, (127.5,), (127.5,))
 PRESETS = {"tpu": TPU, "legacy": LEGACY, "small": SMALL}
 

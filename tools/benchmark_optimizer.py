@@ -1,0 +1,177 @@
+"""What LARS costs: its training step and its update against momentum SGD's.
+
+    python tools/benchmark_optimizer.py --model=resnet8 --image_size=28 --batch_size=256
+    KERAS_BACKEND=jax python tools/benchmark_optimizer.py --model=resnet50 \\
+        --batch_size=256 --policy=mixed_bfloat16        # on a GPU
+
+Keras only (any backend). In one process, on the same model, batch and data:
+  1. full training step through `fit`: `keras.optimizers.SGD(momentum=0.9)`
+     against `tf_lars.LARS`, timed fits alternating, median of --repeats;
+  2. the update alone (`optimizer.apply` over every trainable variable,
+     compiled), SGD against LARS, against the memory-traffic floor: the
+     bytes the update must move (SGD reads w, g, v and writes w, v; LARS
+     also reads w and g once more for the norms) over the copy bandwidth
+     measured here.
+Prints a markdown table and the ratios; --out writes them as JSON.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+import keras
+import tf_lars
+
+BACKEND = keras.backend.backend()
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet8")
+    p.add_argument("--image_size", type=int, default=28)
+    p.add_argument("--channels", type=int, default=None)
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10, help="steps per timed fit")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--update_repeats", type=int, default=50)
+    p.add_argument("--policy", default="float32")
+    p.add_argument("--jit_compile", default="auto")
+    p.add_argument("--out", default=None)
+    return p.parse_args()
+
+
+def build(args, optimizer):
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(args.policy)
+    channels = args.channels or (1 if args.image_size <= 32 else 3)
+    classes = 10 if args.image_size <= 32 else 1000
+    model = tf_lars.models.build(args.model, num_classes=classes, image_size=args.image_size,
+                                 channels=channels, input_dtype="uint8",
+                                 mean=(127.0,), std=(64.0,))
+    model.compile(optimizer=optimizer, jit_compile=args.jit_compile,
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    return model, channels, classes
+
+
+def optimizers():
+    return {
+        "sgd": lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        "lars": lambda: tf_lars.LARS(0.1, momentum=0.9, weight_decay=1e-4),
+    }
+
+
+def time_fits(args):
+    """Median ms per step of `fit`, each optimizer, timed fits alternating."""
+    models = {name: build(args, make()) for name, make in optimizers().items()}
+    _, channels, classes = models["sgd"]
+    rng = np.random.default_rng(0)
+    n = args.steps * args.batch_size
+    x = rng.integers(0, 256, size=(n, args.image_size, args.image_size, channels), dtype=np.uint8)
+    y = keras.utils.to_categorical(rng.integers(0, classes, n), classes).astype(np.float32)
+    times = {name: [] for name in models}
+    for name, (model, _, _) in models.items():  # compile and warm up
+        model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False)
+    for _ in range(args.repeats):
+        for name, (model, _, _) in models.items():
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False)
+            times[name].append((time.perf_counter() - start) * 1e3 / args.steps)
+    return {name: statistics.median(t) for name, t in times.items()}, models
+
+
+def update_timer(model, optimizer):
+    """A compiled `apply` of fixed gradients to the model's variables."""
+    variables = model.trainable_variables
+    rng = np.random.default_rng(1)
+    grads = [keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype("float32") * 1e-3)
+             for v in variables]
+    optimizer.build(variables)
+    if BACKEND == "jax":
+        import jax
+
+        step = jax.jit(optimizer.stateless_apply)
+        weights = [v.value for v in variables]
+        slots = [v.value for v in optimizer.variables]
+
+        def run():
+            nonlocal weights, slots
+            weights, slots = step(slots, grads, weights)
+            jax.block_until_ready(weights)
+    else:
+        import tensorflow as tf
+
+        step = tf.function(lambda: optimizer.apply(grads, variables), jit_compile=True)
+
+        def run():
+            step()
+            optimizer.iterations.numpy()  # wait for the update
+    return run
+
+
+def median_ms(run, repeats):
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth():
+    """Bytes read + written per second by a large array copy on the device."""
+    n = 64 * 2**20  # 256 MiB of float32
+    if BACKEND == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        a = jnp.ones((n,), jnp.float32)
+        copy = jax.jit(lambda v: v + 1.0)
+        run = lambda: copy(a).block_until_ready()  # noqa: E731
+    else:
+        a, b = np.ones(n, np.float32), np.empty(n, np.float32)
+        run = lambda: np.copyto(b, a)  # noqa: E731
+    return 2 * 4 * n / (median_ms(run, 10) / 1e3)
+
+
+def main():
+    args = parse()
+    if args.jit_compile != "auto":
+        args.jit_compile = args.jit_compile.lower() in ("1", "true", "yes")
+    fit_ms, models = time_fits(args)
+    update_ms = {name: median_ms(update_timer(m, m.optimizer), args.update_repeats)
+                 for name, (m, _, _) in models.items()}
+    variables = models["sgd"][0].trainable_variables
+    params = sum(int(np.prod(v.shape)) for v in variables)
+    adapted = sum(int(np.prod(v.shape)) for v in variables if len(v.shape) > 1)
+    bandwidth = copy_bandwidth()
+    floor = {"sgd": 5 * 4 * params / bandwidth * 1e3,
+             "lars": (5 * 4 * params + 2 * 4 * adapted) / bandwidth * 1e3}
+    result = dict(backend=BACKEND, model=args.model, image_size=args.image_size,
+                  batch_size=args.batch_size, policy=args.policy, params=params,
+                  adapted_tensors=sum(len(v.shape) > 1 for v in variables),
+                  fit_step_ms=fit_ms, update_ms=update_ms, update_floor_ms=floor,
+                  copy_bandwidth_GBps=bandwidth / 1e9, cores=os.cpu_count())
+    print(f"{args.model}, batch {args.batch_size}, {args.image_size} px, {args.policy}, "
+          f"{BACKEND} backend; {params:,} parameters in {len(variables)} tensors "
+          f"({result['adapted_tensors']} adapted by LARS); copy bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s")
+    print("| | SGD (momentum 0.9) | tf_lars.LARS | LARS / SGD | LARS - SGD |")
+    print("|---|---|---|---|---|")
+    print(f"| training step via fit (ms) | {fit_ms['sgd']:.3f} | {fit_ms['lars']:.3f} | "
+          f"{fit_ms['lars'] / fit_ms['sgd']:.3f} | {fit_ms['lars'] - fit_ms['sgd']:+.3f} |")
+    print(f"| update alone (ms) | {update_ms['sgd']:.3f} | {update_ms['lars']:.3f} | "
+          f"{update_ms['lars'] / update_ms['sgd']:.3f} | {update_ms['lars'] - update_ms['sgd']:+.3f} |")
+    print(f"| update's memory floor (ms) | {floor['sgd']:.3f} | {floor['lars']:.3f} | "
+          f"{floor['lars'] / floor['sgd']:.3f} | {floor['lars'] - floor['sgd']:+.3f} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
