@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines
+
 from absl import app, flags, logging
 
 from tf_lars.training import flags as train_flags
@@ -213,7 +215,7 @@ def main(argv):
         train_ds, epochs=d["epochs"], steps_per_epoch=d["steps_per_epoch"],
         validation_data=eval_ds if FLAGS.eval_every_epochs else None,
         validation_steps=d["eval_steps"], validation_freq=max(1, FLAGS.eval_every_epochs),
-        callbacks=callbacks, verbose=FLAGS.verbose)
+        callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False)  # tf.data shuffles
     seconds = time.time() - start
     if nan.message:
         sys.exit(f"tf-lars-train: training stopped: {nan.message}")
