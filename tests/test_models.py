@@ -55,19 +55,43 @@ def test_small_resnet_rejects_bad_depth():
 def test_uint8_input_is_normalized_inside_the_model():
     mean, std = (120.0, 110.0, 100.0), (60.0, 50.0, 40.0)
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
-    keras.utils.set_random_seed(1)
-    as_uint8 = models.build("resnet20", image_size=32, input_dtype="uint8", mean=mean, std=std)
-    keras.utils.set_random_seed(1)
-    as_float = models.build("resnet20", image_size=32)
-    for layer in as_float.layers:
-        if layer.weights:
-            layer.set_weights(as_uint8.get_layer(layer.name).get_weights())
-    normalized = (pixels.astype(np.float32) - np.array(mean)) / np.array(std)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(as_uint8(pixels)),
-                               keras.ops.convert_to_numpy(as_float(normalized)),
-                               rtol=1e-4, atol=1e-5)
+    model = models.build("resnet20", image_size=32, input_dtype="uint8", mean=mean, std=std)
+    assert model.input.dtype == "uint8"
+    first = keras.Model(model.input, model.get_layer("normalize").output)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(first(pixels)),
+                               (pixels - np.array(mean)) / np.array(std), rtol=1e-5, atol=1e-5)
+    # Float input is taken as normalized already: no normalization layer.
+    assert "normalize" not in [layer.name for layer in models.build("resnet20").layers]
 
 
 def test_unknown_model_is_named():
     with pytest.raises(ValueError, match="Unknown model 'vgg'"):
         models.build("vgg")
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_one_pass_batch_norm_matches_keras(policy):
+    from tf_lars.models.layers import BatchNormalization
+
+    keras.config.set_dtype_policy(policy)
+    rng = np.random.default_rng(0)
+    # Activations with an offset, as after a convolution: mean 3, std 1.5.
+    x = (3.0 + 1.5 * rng.normal(size=(8, 6, 6, 5))).astype(np.float32)
+    ours = BatchNormalization(momentum=0.9, epsilon=1e-5)
+    theirs = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    gamma = rng.uniform(0.5, 1.5, size=5).astype(np.float32)
+    for layer in (ours, theirs):
+        layer.build(x.shape)
+        layer.gamma.assign(gamma)
+    outputs = [keras.ops.convert_to_numpy(keras.ops.cast(layer(x, training=True), "float32"))
+               for layer in (ours, theirs)]
+    tolerance = 1e-4 if policy == "float32" else 2e-2
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=tolerance)
+    for name in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(getattr(ours, name)),
+                                   keras.ops.convert_to_numpy(getattr(theirs, name)),
+                                   rtol=1e-5)
+    # And against numpy: (x - mean) / sqrt(var + eps) * gamma over N, H, W.
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(outputs[0], (x - mean) / np.sqrt(var + 1e-5) * gamma,
+                               atol=tolerance)

@@ -1,6 +1,7 @@
 """Building blocks shared by tf_lars's models (channels-last Keras layers)."""
 
 import keras
+from keras import ops
 
 # The reference ResNet/TPU recipes: BatchNorm decay 0.9, epsilon 1e-5.
 BN_MOMENTUM = 0.9
@@ -15,8 +16,28 @@ def conv(filters, kernel, strides=1, name=None):
                                use_bias=False, kernel_initializer=CONV_INIT, name=name)
 
 
+@keras.saving.register_keras_serializable(package="tf_lars")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Keras's BatchNormalization, its batch statistics taken in one pass.
+
+    `variance = E[x^2] - E[x]^2`, in float32 (the layer upcasts its input),
+    reads the activations once where Keras's `ops.moments` reads them twice
+    (mean, then squared deviations); Flax computes them the same way. The
+    cancellation it risks needs |mean| far above the standard deviation,
+    which BatchNorm's inputs do not have; the result is clipped at 0. Masked
+    or synchronized statistics fall back to Keras's own.
+    """
+
+    def _moments(self, inputs, mask):
+        if mask is not None or self.synchronized:
+            return super()._moments(inputs, mask)
+        mean = ops.mean(inputs, axis=self._reduction_axes)
+        mean_of_squares = ops.mean(ops.square(inputs), axis=self._reduction_axes)
+        return mean, ops.maximum(mean_of_squares - ops.square(mean), 0.0)
+
+
 def batch_norm(name=None, zero_gamma=False):
-    return keras.layers.BatchNormalization(
+    return BatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
         gamma_initializer="zeros" if zero_gamma else "ones")
 
