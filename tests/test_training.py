@@ -245,3 +245,21 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     assert sorted(os.listdir(tmp_path / "multi")) == sorted(os.listdir(tmp_path / "single"))
     assert not os.path.exists(tmp_path / "scratch0" / "model.keras")
     assert sorted(os.listdir(tmp_path / "scratch1")) == ["checkpoint.keras", "model.keras"]
+
+
+def test_wheel_ships_the_flagfiles_and_the_console_script(tmp_path):
+    import zipfile
+
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path), ROOT], capture_output=True, text=True, timeout=300)
+    if built.returncode and "No module named" in built.stderr:
+        pytest.skip(f"cannot build wheels here: {built.stderr.strip()[-200:]}")
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = glob.glob(str(tmp_path / "tf_lars-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {os.path.basename(n)[:-4] for n in names if n.startswith("tf_lars/flagfiles/")
+               and n.endswith(".cfg")}
+    assert shipped == set(flagfiles.shipped())
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "tf-lars-train = tf_lars.train:run" in zipfile.ZipFile(wheel).read(entry_points).decode()
