@@ -163,7 +163,7 @@ def setup():
     return strategy, chief, data, d, model, train_ds, eval_ds, bad_records
 
 
-def callbacks_for(chief, d, bad_records):
+def callbacks_for(chief, bad_records):
     import keras
 
     from tf_lars import monitoring
@@ -176,13 +176,11 @@ def callbacks_for(chief, d, bad_records):
         os.path.join(FLAGS.model_dir or scratch, "backup"), chief=chief,
         delete_checkpoint=False)
     callbacks = [nan, backup, checkpoints.checkpoint_callback(out, chief, scratch)]
-    monitor = None
-    if chief:
-        monitor = monitoring.TrainingMonitor(
-            os.path.join(out, "train"), FLAGS.batch_size, FLAGS.log_every_steps, bad_records)
+    if chief:  # TensorBoard: the chief alone.
         callbacks += [keras.callbacks.TensorBoard(out, update_freq=FLAGS.log_every_steps),
-                      monitor]
-    return callbacks, nan, backup, monitor, out
+                      monitoring.TrainingMonitor(os.path.join(out, "train"), FLAGS.batch_size,
+                                                 FLAGS.log_every_steps, bad_records)]
+    return callbacks, nan, backup, out
 
 
 def save_config(out, d, data):
@@ -200,7 +198,7 @@ def main(argv):
         strategy, chief, data, d, model, train_ds, eval_ds, bad = setup()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"tf-lars-train: error: {e}")
-    callbacks, nan, backup, monitor, out = callbacks_for(chief, d, bad)
+    callbacks, nan, backup, out = callbacks_for(chief, bad)
     os.makedirs(out, exist_ok=True)
     if chief:
         save_config(out, d, data)
