@@ -41,7 +41,6 @@ class TrainingMonitor(keras.callbacks.Callback):
         self.global_batch_size = global_batch_size
         self.log_every_steps = max(1, log_every_steps)
         self.bad_records = bad_records
-        self.images_per_second = []  # One figure an epoch.
         self._writer = None
 
     def on_train_begin(self, logs=None):
@@ -81,7 +80,6 @@ class TrainingMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._epoch_time
         rate = (self._step() - self._epoch_step) * self.global_batch_size / max(seconds, 1e-9)
-        self.images_per_second.append(rate)
         with self._writer.as_default(step=self._step()):
             tf.summary.scalar("epoch_images_per_second", rate)
             if self.bad_records is not None:
