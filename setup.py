@@ -39,6 +39,8 @@ setup(
         "tensorflow-cpu": ["tensorflow-cpu>=2.16"],
         "test": ["pytest>=7", "pillow"],
         "jax": ["jax>=0.4.30"],
+        # tools/large_batch_study.py draws its plots with it.
+        "study": ["matplotlib>=3.6"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

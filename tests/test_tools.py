@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import json
 import os
 import subprocess
 import sys
@@ -85,6 +86,48 @@ def test_fashion_mnist_builder_round_trip_on_generated_idx(tmp_path):
 
 def test_fashion_mnist_builder_round_trip_on_real_data(tmp_path, fashion_mnist):
     check_fashion_round_trip(fashion_mnist.find_dir(), str(tmp_path / "out"), 300)
+
+
+def generated_idx(folder, n_train, n_test, seed=0):
+    """Smooth random images (JPEG's favourite); labels cycle through the classes."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        base = rng.integers(0, 256, size=(n, 7, 7)).astype(np.uint8)
+        write_idx(folder, prefix, np.kron(base, np.ones((4, 4), np.uint8)),
+                  (np.arange(n) * 7 + rng.integers(0, 2)) % 10)
+    return folder
+
+
+def test_fashion_mnist_builder_holds_out_a_balanced_part(tmp_path):
+    idx = generated_idx(tmp_path / "idx", 100, 20)
+    out = tmp_path / "out"
+    args = [f"--output_dir={out}", f"--idx_dir={idx}", "--holdout=30", "--train_shards=2",
+            "--validation_shards=1", "--holdout_shards=2"]
+    result = run_tool("build_fashion_mnist_tfrecords.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from tf_lars.data import fashion_mnist
+
+    _, labels = fashion_mnist.load("train", str(idx))
+    names = {}
+    for split in ("train", "holdout", "validation"):
+        names[split] = [int(r["image/filename"][0].decode()[:-4])
+                        for r in read_records(out, split)[1]]
+    held, kept = names["holdout"], names["train"]
+    assert len(held) == 30 and len(kept) == 70 and len(names["validation"]) == 20
+    assert sorted(held + kept) == list(range(100))          # disjoint, covering all
+    assert np.bincount(labels[held], minlength=10).tolist() == [3] * 10
+    with open(out / "build.json") as f:
+        info = json.load(f)
+    assert info["examples"] == {"train": 70, "validation": 20, "holdout": 30}
+
+    # Another draw into the same folder would mix two splits: refused.
+    again = run_tool("build_fashion_mnist_tfrecords.py", *args[:-3], "--holdout_seed=1")
+    assert again.returncode != 0
+    assert "holdout_seed" in again.stderr and "another --output_dir" in again.stderr
+    odd = run_tool("build_fashion_mnist_tfrecords.py", f"--output_dir={tmp_path / 'o2'}",
+                   f"--idx_dir={idx}", "--holdout=25")
+    assert odd.returncode != 0 and "multiple of the 10 classes" in odd.stderr
 
 
 def test_fashion_mnist_builder_names_missing_files(tmp_path):

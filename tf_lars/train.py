@@ -29,6 +29,8 @@ FLAGS = flags.FLAGS
 
 def derived_values(data, num_replicas):
     """Steps and rates that follow from the flags, each with its reason."""
+    from tf_lars.training import inputs
+
     batch = FLAGS.batch_size
     if batch % num_replicas:
         raise ValueError(f"--batch_size={batch} does not divide among the "
@@ -53,7 +55,10 @@ def derived_values(data, num_replicas):
     # Evaluation repeats its data and runs a fixed number of steps, the same
     # on every worker; a batch that divides the set sees each image once.
     eval_steps = -(-data.eval_examples // eval_batch)
-    return dict(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+    test_examples = FLAGS.test_examples or inputs.FORMAT_DEFAULTS[data.data_format][
+        "eval_examples"]
+    test_steps = -(-test_examples // eval_batch) if FLAGS.test_split else 0
+    return dict(test_steps=test_steps, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                 epochs=-(-total_steps // steps_per_epoch), peak_learning_rate=peak,
                 warmup_steps=warmup_steps, eval_steps=eval_steps, eval_batch=eval_batch,
                 replicas=num_replicas, per_replica_batch=batch // num_replicas)
@@ -136,7 +141,8 @@ def setup():
         label_offset=FLAGS.label_offset, strict=FLAGS.strict_data,
         cache_eval=FLAGS.cache_eval, shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed)
     if data.data_format != "synthetic":
-        for split in ("train", "validation"):  # Missing shards fail now, not mid-run.
+        splits = ["train", FLAGS.eval_split] + ([FLAGS.test_split] if FLAGS.test_split else [])
+        for split in splits:  # Missing shards fail now, not mid-run.
             pipeline.list_files(data.data_dir, split, data.schema)
     d = derived_values(data, strategy.num_replicas_in_sync)
     if FLAGS.seed is not None:
@@ -158,9 +164,10 @@ def setup():
     # Each worker's pipeline is built here, so too few shards fail before training.
     train_ds = strategy.distribute_datasets_from_function(
         inputs.dataset_fn(data, FLAGS.batch_size, True, bad_records))
-    eval_ds = strategy.distribute_datasets_from_function(
-        inputs.dataset_fn(data, d["eval_batch"], False, bad_records))
-    return strategy, chief, data, d, model, train_ds, eval_ds, bad_records
+    eval_ds, test_ds = (strategy.distribute_datasets_from_function(
+        inputs.dataset_fn(data, d["eval_batch"], False, bad_records, split))
+        if split else None for split in (FLAGS.eval_split, FLAGS.test_split))
+    return strategy, chief, data, d, model, train_ds, (eval_ds, test_ds), bad_records
 
 
 def callbacks_for(chief, bad_records):
@@ -178,6 +185,8 @@ def callbacks_for(chief, bad_records):
     callbacks = [nan, backup, checkpoints.checkpoint_callback(out, chief, scratch)]
     if chief:  # TensorBoard: the chief alone.
         callbacks += [keras.callbacks.TensorBoard(out, update_freq=FLAGS.log_every_steps),
+                      # Per-epoch metrics as a table; appended to on resume.
+                      keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
                       monitoring.TrainingMonitor(os.path.join(out, "train"), FLAGS.batch_size,
                                                  FLAGS.log_every_steps, bad_records)]
     return callbacks, nan, backup, out
@@ -195,7 +204,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        strategy, chief, data, d, model, train_ds, eval_ds, bad = setup()
+        strategy, chief, data, d, model, train_ds, (eval_ds, test_ds), bad = setup()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"tf-lars-train: error: {e}")
     callbacks, nan, backup, out = callbacks_for(chief, bad)
@@ -223,13 +232,21 @@ def main(argv):
     summary = dict(top1=results["accuracy"], top5=results["top5"], loss=results["loss"],
                    steps=steps, resumed_from_epoch=backup.resumed_from_epoch,
                    wall_seconds=seconds, images_per_second=trained * FLAGS.batch_size / seconds,
-                   skipped_records=bad.result(), epochs_run=len(history.epoch))
+                   skipped_records=bad.result(), epochs_run=len(history.epoch),
+                   eval_split=FLAGS.eval_split)
+    if test_ds is not None:
+        tested = model.evaluate(test_ds, steps=d["test_steps"], return_dict=True, verbose=0)
+        summary.update(test_split=FLAGS.test_split, test_top1=tested["accuracy"],
+                       test_top5=tested["top5"], test_loss=tested["loss"])
     model.save(os.path.join(out, "model.keras"))
     if chief:
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     print(f"tf-lars-train: {FLAGS.model} on {FLAGS.data_format}: top-1 {summary['top1']:.4f}, "
-          f"top-5 {summary['top5']:.4f} on {d['eval_steps'] * d['eval_batch']} eval images; "
+          f"top-5 {summary['top5']:.4f} on {d['eval_steps'] * d['eval_batch']} "
+          f"{FLAGS.eval_split} images; "
+          + (f"test top-1 {summary['test_top1']:.4f} on {FLAGS.test_split}; "
+             if test_ds is not None else "") +
           f"{steps} steps at batch {FLAGS.batch_size}; {seconds:.0f} s, "
           f"{summary['images_per_second']:.0f} images/s; logs: tensorboard --logdir {out}")
 

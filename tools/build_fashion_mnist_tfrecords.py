@@ -9,9 +9,20 @@ its preprocessing read them unchanged. Images are JPEG (quality --quality),
 kept grayscale by default (--channels 1, `image/colorspace` "Grayscale");
 --channels 3 replicates them to RGB. Labels are stored 1..10 like ImageNet's
 1..1000 (the reader subtracts 1); synset and text hold the class name.
+
+--holdout=N moves N training images, drawn at random with --holdout_seed
+(the same N of each class, so the held-out part has the training set's
+class balance), to `holdout-0000i-of-K` shards: a part of the training set
+for choosing hyperparameters (`tf-lars-train --eval_split=holdout`), leaving
+the test images for the final report.
+
 Finished shards are kept: running it again completes an interrupted build.
+`build.json` records the settings and the images in each split; a build
+into a folder made with other settings stops with an error.
 """
 
+import json
+import os
 import sys
 
 import numpy as np
@@ -30,6 +41,11 @@ flags.DEFINE_integer("validation_shards", 2, "Shards for the test split.")
 flags.DEFINE_enum("channels", "1", ["1", "3"], "1: grayscale JPEG; 3: RGB JPEG.")
 flags.DEFINE_integer("quality", 95, "JPEG quality, 1..100.")
 flags.DEFINE_integer("limit", 0, "Write only the first N images of each split (0: all).")
+flags.DEFINE_integer("holdout", 0, "Training images moved to `holdout` shards (a "
+                     "multiple of 10: the same number of each class).")
+flags.DEFINE_integer("holdout_seed", 0, "Seed of the held-out draw.")
+flags.DEFINE_integer("holdout_shards", 2, "Shards for the held-out split.")
+INFO_FILE = "build.json"
 
 
 def encode(item, channels=1, quality=95):
@@ -53,15 +69,72 @@ class _Encoder:
         return encode(item, self.channels, self.quality)
 
 
+def split_holdout(labels, holdout, seed=0):
+    """Indices `(kept, held_out)` of a class-balanced random held-out part.
+
+    `holdout / 10` images of each class are drawn without replacement; both
+    index lists are sorted, so the kept images stay in their file order.
+    """
+    classes = np.unique(labels)
+    if holdout % len(classes):
+        raise ValueError(f"--holdout={holdout} must be a multiple of the "
+                         f"{len(classes)} classes (the same number of each)")
+    per_class = holdout // len(classes)
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        if per_class > len(members):
+            raise ValueError(f"--holdout={holdout} needs {per_class} images of each "
+                             f"class; class {c} has {len(members)}")
+        held.append(rng.choice(members, per_class, replace=False))
+    held = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def _check_info(output_dir, info):
+    """Refuses to mix shards made with other settings; records these."""
+    path = os.path.join(output_dir, INFO_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            earlier = json.load(f)
+        if earlier != info:
+            changed = sorted(k for k in set(info) | set(earlier)
+                             if info.get(k) != earlier.get(k))
+            raise ValueError(f"{output_dir} holds shards built with other settings "
+                             f"({', '.join(changed)} differ, see {path}): use another "
+                             "--output_dir or delete that folder")
+    os.makedirs(output_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(info, f, indent=2)
+
+
 def build(output_dir, idx_dir=None, train_shards=8, validation_shards=2,
-          channels=1, quality=95, limit=0):
-    """Writes both splits; returns `{split: records written}`."""
+          channels=1, quality=95, limit=0, holdout=0, holdout_seed=0, holdout_shards=2):
+    """Writes the splits; returns `{split: records written}`.
+
+    Every split's size is also recorded in `output_dir/build.json`
+    (`examples`), for tools that need them (tools/large_batch_study.py).
+    """
+    train_images, train_labels = fashion_mnist.load("train", idx_dir)
+    test_images, test_labels = fashion_mnist.load("test", idx_dir)
+    n = limit or len(train_labels)
+    kept, held = (split_holdout(train_labels[:n], holdout, holdout_seed) if holdout
+                  else (np.arange(n), np.arange(0)))
+    plan = [("train", train_images, train_labels, kept, train_shards),
+            ("validation", test_images, test_labels,
+             np.arange(limit or len(test_labels)), validation_shards)]
+    if holdout:
+        plan.append(("holdout", train_images, train_labels, held, holdout_shards))
+    info = dict(channels=channels, quality=quality, limit=limit, holdout=holdout,
+                holdout_seed=holdout_seed if holdout else None,
+                shards={split: shards for split, _, _, _, shards in plan},
+                examples={split: len(index) for split, _, _, index, _ in plan})
+    _check_info(output_dir, info)
     written = {}
-    for split, source, shards in (("train", "train", train_shards),
-                                  ("validation", "test", validation_shards)):
-        images, labels = fashion_mnist.load(source, idx_dir)
-        n = limit or len(images)
-        items = [(i, images[i], int(labels[i])) for i in range(n)]
+    for split, images, labels, index, shards in plan:
+        # Each record's filename is its index in the IDX file it came from.
+        items = [(int(i), images[i], int(labels[i])) for i in index]
         count, failures, skipped = writer.build_shards(
             output_dir, split, items, shards, _Encoder(channels, quality), progress=False)
         for name, error in failures:
@@ -76,7 +149,8 @@ def main(argv):
     del argv
     try:
         build(FLAGS.output_dir, FLAGS.idx_dir, FLAGS.train_shards,
-              FLAGS.validation_shards, int(FLAGS.channels), FLAGS.quality, FLAGS.limit)
+              FLAGS.validation_shards, int(FLAGS.channels), FLAGS.quality, FLAGS.limit,
+              FLAGS.holdout, FLAGS.holdout_seed, FLAGS.holdout_shards)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"build_fashion_mnist_tfrecords: {e}")
 

@@ -21,8 +21,8 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with ${PYTHON:-python3}"
   "${PYTHON:-python3}" -m venv .venv
 fi
-echo "setup: installing tf_lars[${TF_PACKAGE:-tensorflow-cpu},test,jax] into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${TF_PACKAGE:-tensorflow-cpu},test,jax]"
+echo "setup: installing tf_lars[${TF_PACKAGE:-tensorflow-cpu},test,jax,study] into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${TF_PACKAGE:-tensorflow-cpu},test,jax,study]"
 
 apt_install dataset-fashion-mnist || echo "setup: Fashion-MNIST not installed; tests that need it skip (apt-get install dataset-fashion-mnist)"
 if [ "${TF_LARS_WITH_BAZEL:-0}" = 1 ] && ! command -v bazel >/dev/null; then

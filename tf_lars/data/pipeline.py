@@ -54,7 +54,7 @@ def list_files(data_dir, split, data_format="imagenet"):
             f"data_dir {data_dir!r} is not a folder: pass the folder that holds "
             f"the {data_format} shards (tools/build_fashion_mnist_tfrecords.py "
             "and tools/build_imagenet_tfrecords.py make them)")
-    pattern = os.path.join(data_dir, schema.patterns[split])
+    pattern = os.path.join(data_dir, schema.pattern.format(split=split))
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(

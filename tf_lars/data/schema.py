@@ -20,18 +20,18 @@ import tensorflow as tf
 IMAGENET_LABEL_OFFSET = 1
 
 Schema = collections.namedtuple(
-    "Schema", "name image_key label_key filename_key has_boxes label_offset patterns")
+    "Schema", "name image_key label_key filename_key has_boxes label_offset pattern")
 
 IMAGENET = Schema(
     name="imagenet", image_key="image/encoded", label_key="image/class/label",
     filename_key="image/filename", has_boxes=True,
     label_offset=IMAGENET_LABEL_OFFSET,
-    patterns={"train": "train-*-of-*", "validation": "validation-*-of-*"})
+    pattern="{split}-*-of-*")
 
 TFDS = Schema(
     name="tfds", image_key="image", label_key="label", filename_key="file_name",
     has_boxes=False, label_offset=0,
-    patterns={"train": "*-train.tfrecord-*", "validation": "*-validation.tfrecord-*"})
+    pattern="*-{split}.tfrecord-*")
 
 SCHEMAS = {s.name: s for s in (IMAGENET, TFDS)}
 BOX_KEYS = tuple(f"image/object/bbox/{k}" for k in ("ymin", "xmin", "ymax", "xmax"))

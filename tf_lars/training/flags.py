@@ -36,6 +36,12 @@ def define():
                      "format's, 1 for ImageNet-schema shards).")
     d.DEFINE_integer("train_examples", None, "Training set size (default: the format's).")
     d.DEFINE_integer("eval_examples", None, "Evaluation set size (default: the format's).")
+    d.DEFINE_string("eval_split", "validation", "Split evaluated during and after "
+                    "training (e.g. holdout: a held-out part of the training set).")
+    d.DEFINE_string("test_split", None, "Also evaluate the final model on this split, "
+                    "reported apart (e.g. validation when --eval_split=holdout).")
+    d.DEFINE_integer("test_examples", None, "Size of --test_split (default: the "
+                     "format's evaluation set size).")
     d.DEFINE_boolean("strict_data", False, "Stop at bad input, naming the shard, "
                      "instead of skipping and counting it.")
     d.DEFINE_boolean("cache_eval", False, "Keep the decoded evaluation set in memory.")

@@ -85,16 +85,19 @@ def synthetic(data, context, global_batch_size):
     return ds.batch(per_replica, drop_remainder=True)
 
 
-def dataset_fn(data, global_batch_size, training, bad_records=None):
+def dataset_fn(data, global_batch_size, training, bad_records=None, split=None):
     """A function of `tf.distribute.InputContext`, for
     `strategy.distribute_datasets_from_function`, yielding uint8 images
-    (normalized inside the model) and one-hot labels."""
+    (normalized inside the model) and one-hot labels from `split` (default:
+    train, or validation when not training)."""
+    split = split or ("train" if training else "validation")
+
     def make(context):
         if data.data_format == "synthetic":
             ds = synthetic(data, context, global_batch_size)
         else:
             ds = pipeline.make_dataset(
-                data.data_dir, "train" if training else "validation", training=training,
+                data.data_dir, split, training=training,
                 global_batch_size=global_batch_size, image_size=data.image_size,
                 data_format=data.schema, preset=data.preset, channels=data.channels,
                 dtype=tf.uint8, num_classes=data.num_classes, label_offset=data.label_offset,

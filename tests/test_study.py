@@ -1,0 +1,148 @@
+"""tools/large_batch_study.py: its plan and choices, then a tiny real study."""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import large_batch_study as study  # noqa: E402
+
+
+def test_both_methods_get_the_same_trials_and_their_scaling_rules():
+    plan = study.first_plan(256, [1024, 4096], ["0.1", "0.2"], ["3:0.01", "6:0.02"])
+    counts = {}
+    for run in plan:
+        counts[(run.method, run.batch_size)] = counts.get((run.method, run.batch_size), 0) + 1
+    assert counts == {("baseline", 256): 2, ("sgd", 1024): 2, ("lars", 1024): 2,
+                      ("sgd", 4096): 2, ("lars", 4096): 2}
+    rates = {(r.method, r.batch_size, r.trial): (r.learning_rate, r.trust_coefficient)
+             for r in plan}
+    # Linear scaling from batch 256: 0.1 * 4096 / 256 = 1.6.
+    assert rates[("sgd", 4096, "0.1")] == (pytest.approx(1.6), None)
+    assert rates[("baseline", 256, "0.2")] == (pytest.approx(0.2), None)
+    # Square-root scaling from batch 1024: 6 * sqrt(4) = 12, eta unchanged.
+    assert rates[("lars", 4096, "6:0.02")] == (pytest.approx(12.0), 0.02)
+    assert rates[("lars", 1024, "3:0.01")] == (pytest.approx(3.0), 0.01)
+    assert len({r.name for r in plan}) == len(plan)
+
+
+def test_run_flags_follow_each_recipe():
+    # Goyal et al.'s 90 epochs: warmup 5, decays at 30, 60 and 80.
+    goyal = study.Run("sgd", 1024, 0.4, None, 1, "0.1").flags(90.0, 5.0)
+    assert "--step_epochs=30,60,80" in goyal and "--warmup_epochs=5.0" in goyal
+    sgd = study.Run("sgd", 1024, 0.4, None, 1, "0.1").flags(19.0, 2.0)
+    assert "--step_epochs=7,13,17" in sgd
+    assert "--optimizer=sgd" in sgd and "--schedule=step" in sgd
+    base = study.Run("baseline", 256, 0.1, None, 1, "0.1").flags(17.0, 2.0)
+    assert "--warmup_epochs=0.0" in base and "--step_epochs=5,11,15" in base
+    lars = study.Run("lars", 1024, 3.0, 0.01, 2, "3:0.01").flags(9.0, 2.0)
+    assert {"--optimizer=lars", "--schedule=poly", "--poly_power=2", "--seed=2",
+            "--trust_coefficient=0.01", "--warmup_epochs=2.0"} <= set(lars)
+
+
+def test_choice_uses_the_held_out_accuracy_and_first_seed_only():
+    a = study.Run("lars", 8192, 3.0, 0.01, 1, "1.5:0.01")
+    b = study.Run("lars", 8192, 6.0, 0.01, 1, "3:0.01")
+    c = study.Run("lars", 8192, 6.0, 0.02, 1, "3:0.02")
+    b2 = study.Run("lars", 8192, 3.0, 0.01, 2, "1.5:0.01")
+    s = study.Run("sgd", 8192, 3.2, None, 1, "0.1")
+    results = {
+        a: dict(top1=0.80, test_top1=0.90),   # best on test, not on the held-out part
+        b: dict(top1=0.85, test_top1=0.84),
+        c: None,                              # diverged
+        b2: dict(top1=0.99, test_top1=0.99),  # an extra seed cannot sway the choice
+        s: None,
+    }
+    chosen = study.choose(results)
+    assert chosen == {("lars", 8192): b}
+    extra = study.more_seeds({**chosen, ("sgd", 8192): s, ("sgd", 1024): s,
+                              ("baseline", 8192): s}, 8192, 3)
+    assert sorted((r.method, r.seed) for r in extra) == [("lars", 2), ("lars", 3),
+                                                         ("sgd", 2), ("sgd", 3)]
+
+
+def test_table_reports_the_chosen_trials_test_accuracy_over_seeds():
+    a = study.Run("lars", 8192, 6.0, 0.01, 1, "3:0.01")
+    a2 = study.Run("lars", 8192, 6.0, 0.01, 2, "3:0.01")
+    worse = study.Run("lars", 8192, 3.0, 0.01, 1, "1.5:0.01")
+    base = study.Run("baseline", 256, 0.1, None, 1, "0.1")
+    results = {a: dict(top1=0.9, test_top1=0.88, steps=36),
+               a2: dict(top1=0.5, test_top1=0.86, steps=36),
+               worse: dict(top1=0.7, test_top1=0.95, steps=36),
+               base: dict(top1=0.92, test_top1=0.91, steps=900)}
+    text = study.table(results, study.choose(results), 256, [8192])
+    lines = text.splitlines()
+    lars = next(line for line in lines if "LARS" in line)
+    assert "lr 3 @1K, eta 0.01" in lars and "| 90.00 |" in lars
+    assert f"87.00 ± {100 * math.sqrt(2e-4):.2f} (2 seeds)" in lars   # mean, sample std
+    assert "every trial diverged" in next(line for line in lines if "linear scaling" in line)
+    assert "| 91.00 |" in next(line for line in lines if "baseline" in line)
+
+
+def test_bad_trials_are_named():
+    with pytest.raises(ValueError, match="same number"):
+        study.check_args(["0.1"], ["3:0.01", "6:0.01"], [1024])
+    with pytest.raises(ValueError, match="--lars_trials: '3' is not LR:ETA"):
+        study.check_args(["0.1"], ["3"], [1024])
+    with pytest.raises(ValueError, match="--batch_sizes"):
+        study.check_args(["0.1"], ["3:0.01"], ["8k"])
+
+
+def test_a_tiny_study_end_to_end(tmp_path):
+    """Real shards, real trainer runs, real plots: 5 short runs."""
+    pytest.importorskip("matplotlib")
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the trainer needs TensorFlow")
+    from test_tools import generated_idx, run_tool
+
+    idx = generated_idx(tmp_path / "idx", 260, 40)
+    data = tmp_path / "data"
+    built = run_tool("build_fashion_mnist_tfrecords.py", f"--output_dir={data}",
+                     f"--idx_dir={idx}", "--holdout=60", "--train_shards=2",
+                     "--validation_shards=1")
+    assert built.returncode == 0, built.stderr[-2000:]
+    args = [sys.executable, os.path.join(ROOT, "tools", "large_batch_study.py"),
+            f"--data_dir={data}", f"--runs_dir={tmp_path / 'runs'}",
+            f"--output_dir={tmp_path / 'docs'}", "--baseline_batch=20", "--batch_sizes=100",
+            "--sgd_rates=0.1", "--lars_trials=1:0.01", "--seeds=2", "--epochs=3",
+            "--warmup_epochs=1", "--trainer_flags=--eval_batch_size=20,--shuffle_buffer=100"]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    with open(tmp_path / "docs" / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert sorted((r["method"], r["batch_size"], r["seed"]) for r in runs) == [
+        ("baseline", "20", "1"), ("lars", "100", "1"), ("lars", "100", "2"),
+        ("sgd", "100", "1"), ("sgd", "100", "2")]
+    for r in runs:
+        assert r["diverged"] == "False"
+        assert 0.0 <= float(r["holdout_top1"]) <= 1.0 and 0.0 <= float(r["test_top1"]) <= 1.0
+        # 200 training images: 3 epochs are 3 * (200 // batch) steps.
+        assert int(r["steps"]) == 3 * (200 // int(r["batch_size"]))
+    results = (tmp_path / "docs" / "results.md").read_text()
+    assert "200 training images" in results and "60 held-out" in results
+    assert results.count("| 100 |") == 2
+    for name in ("accuracy_vs_batch.png", "curves_b100.png"):
+        png = (tmp_path / "docs" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # Each run evaluated the held-out part every epoch (its curve).
+    (lars_run,) = (tmp_path / "runs").glob("lars_b100_*_s1")
+    lars_history = lars_run / "history.csv"
+    assert len(lars_history.read_text().splitlines()) == 4
+    assert "val_accuracy" in lars_history.read_text().splitlines()[0]
+
+    # Finished runs are not run again.
+    (summary,) = (tmp_path / "runs").glob("sgd_b100_*_s2/summary.json")
+    before = os.path.getmtime(summary)
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert os.path.getmtime(summary) == before

@@ -1,0 +1,447 @@
+"""The large-batch study: LARS against momentum SGD with the linear scaling
+rule, on Fashion-MNIST, at a fixed epoch budget.
+
+    python tools/large_batch_study.py                # reduced form (2 CPU cores: ~30 min)
+    python tools/large_batch_study.py --form=full    # every batch size, longer runs
+
+Every run is the real training program (`python -m tf_lars.train`) with the
+flagfile `flags/fashion_mnist_study.cfg` (ResNet-8, the default run's weight
+decay and augmentation), on shards with a class-balanced held-out part of
+the training set (built here with `build_fashion_mnist_tfrecords.py
+--holdout` when --data_dir has none). Methods:
+
+  baseline  momentum SGD at a small batch (--baseline_batch), step decay;
+  sgd       momentum SGD, linear scaling rule (rate = r * B / 256 for each
+            trial rate r of --sgd_rates) with linear warmup and step decay
+            (Goyal et al.'s warmup 5, decays at 30, 60, 80 of 90 epochs: the
+            decays at the same fractions of the budget after warmup);
+  lars      LARS with the same warmup and polynomial decay of power 2; each
+            trial of --lars_trials is `LR:ETA`, LR the peak rate at batch
+            1024, scaled with the square root of the batch size.
+
+Every batch size gets the same number of trials for both methods. The
+trial with the best accuracy on the held-out images is chosen; its accuracy
+on the test images is the one reported. At the largest batch the chosen
+trial of each method runs again with more seeds (--seeds in all).
+
+Writes to --output_dir: `runs.csv` (every run), `results.md` (the table),
+`accuracy_vs_batch.png` and `curves_b<largest>.png`. Runs go to --runs_dir,
+one folder each; a run whose `summary.json` exists is not run again, so an
+interrupted study continues where it stopped.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+FORMS = {
+    # Two large batches, 6 epochs: 17 runs.
+    "reduced": dict(batch_sizes=[1024, 8192], epochs=6, warmup_epochs=1.0),
+    # Every size of the paper's range, 4 trials per point: 45 runs.
+    "full": dict(batch_sizes=[1024, 2048, 4096, 8192, 16384], epochs=30, warmup_epochs=5.0,
+                 sgd_rates=[0.05, 0.1, 0.2, 0.4],
+                 lars_trials=["1.5:0.01", "3:0.01", "6:0.01", "3:0.02"]),
+}
+LINEAR_SCALING_BATCH = 256   # the batch size --sgd_rates are given for
+LARS_REFERENCE_BATCH = 1024  # the batch size --lars_trials' rates are given for
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("form", "reduced", list(FORMS), "Batch sizes and length (see FORMS).")
+flags.DEFINE_list("batch_sizes", None, "Large batch sizes (default: the form's).")
+flags.DEFINE_float("epochs", None, "Epoch budget of every run (default: the form's).")
+flags.DEFINE_float("warmup_epochs", None, "Warmup of the large-batch runs (default: the form's).")
+flags.DEFINE_integer("baseline_batch", 256, "Batch size of the small-batch baseline.")
+flags.DEFINE_list("sgd_rates", ["0.05", "0.1", "0.2"],
+                  "SGD trials: rates at batch 256, scaled linearly with the batch.")
+flags.DEFINE_list("lars_trials", ["1.5:0.01", "3:0.01", "3:0.02"],
+                  "LARS trials LR:ETA: peak rate at batch 1024 (square-root scaled) "
+                  "and trust coefficient. As many as --sgd_rates.")
+flags.DEFINE_integer("seeds", 2, "Seeds of the chosen trials at the largest batch.")
+flags.DEFINE_string("data_dir", "data/fashion_mnist_holdout",
+                    "Shards with a holdout split (built here when missing).")
+flags.DEFINE_integer("holdout", 10_000, "Held-out training images, when building shards.")
+flags.DEFINE_string("runs_dir", "runs/study", "Where each run's folder goes.")
+flags.DEFINE_string("output_dir", "docs/study", "Where the CSV, table and plots go.")
+flags.DEFINE_list("trainer_flags", [], "More flags for every run (e.g. --cpu_devices=2).")
+flags.DEFINE_boolean("dry_run", False, "Print the plan's commands and stop.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    method: str                # baseline, sgd or lars
+    batch_size: int
+    learning_rate: float       # peak rate of this run
+    trust_coefficient: float   # LARS's eta (None for SGD)
+    seed: int
+    trial: str                 # the trial's value as given (e.g. "0.1", "3:0.01")
+
+    @property
+    def name(self):
+        eta = f"_eta{self.trust_coefficient:g}" if self.trust_coefficient else ""
+        return f"{self.method}_b{self.batch_size}_lr{self.learning_rate:.4g}{eta}_s{self.seed}"
+
+    def flags(self, epochs, warmup_epochs):
+        """The trainer flags that make this run what it is."""
+        out = [f"--batch_size={self.batch_size}", f"--learning_rate={self.learning_rate!r}",
+               f"--epochs={epochs!r}", f"--seed={self.seed}"]
+        if self.method == "lars":
+            return out + ["--optimizer=lars", f"--trust_coefficient={self.trust_coefficient!r}",
+                          f"--warmup_epochs={warmup_epochs!r}", "--schedule=poly",
+                          "--poly_power=2"]
+        warmup = 0.0 if self.method == "baseline" else warmup_epochs
+        # Goyal et al.: warmup 5, decays at 30, 60 and 80 of 90 epochs; the
+        # same fractions of the part after warmup, for any budget.
+        steps = ",".join(f"{warmup + (epochs - warmup) * f:.4g}"
+                         for f in (25 / 85, 55 / 85, 75 / 85))
+        return out + ["--optimizer=sgd", f"--warmup_epochs={warmup!r}", "--schedule=step",
+                      f"--step_epochs={steps}"]
+
+
+def trials(method, batch_size, sgd_rates, lars_trials, seed=1):
+    """The runs of one (method, batch size) point: one per trial."""
+    if method == "lars":
+        runs = []
+        for trial in lars_trials:
+            lr, eta = (float(v) for v in trial.split(":"))
+            scaled = lr * math.sqrt(batch_size / LARS_REFERENCE_BATCH)
+            runs.append(Run(method, batch_size, round(scaled, 6), eta, seed, trial))
+        return runs
+    return [Run(method, batch_size, round(float(r) * batch_size / LINEAR_SCALING_BATCH, 6),
+                None, seed, r) for r in sgd_rates]
+
+
+def first_plan(baseline_batch, batch_sizes, sgd_rates, lars_trials):
+    """Every trial at seed 1: the baseline, then SGD and LARS at each size."""
+    plan = trials("baseline", baseline_batch, sgd_rates, lars_trials)
+    for b in batch_sizes:
+        plan += trials("sgd", b, sgd_rates, lars_trials)
+        plan += trials("lars", b, sgd_rates, lars_trials)
+    return plan
+
+
+def choose(results):
+    """`{(method, batch): Run}`: the trial with the best held-out accuracy.
+
+    `results` maps each Run to its summary (None when it diverged). Only the
+    first seed's runs take part, so extra seeds cannot sway the choice.
+    """
+    best = {}
+    for run, summary in results.items():
+        if run.seed != 1 or summary is None:
+            continue
+        key = (run.method, run.batch_size)
+        if key not in best or summary["top1"] > results[best[key]]["top1"]:
+            best[key] = run
+    return best
+
+
+def more_seeds(chosen, largest, seeds):
+    """Runs of the chosen trials at the largest batch with seeds 2..seeds."""
+    return [dataclasses.replace(run, seed=s)
+            for (method, batch), run in sorted(chosen.items())
+            if batch == largest and method != "baseline" for s in range(2, seeds + 1)]
+
+
+def check_args(sgd_rates, lars_trials, batch_sizes):
+    if len(sgd_rates) != len(lars_trials):
+        raise ValueError(f"--sgd_rates has {len(sgd_rates)} trials and --lars_trials "
+                         f"{len(lars_trials)}: give both methods the same number")
+    for t in lars_trials:
+        parts = t.split(":")
+        if len(parts) != 2 or not all(_is_number(p) for p in parts):
+            raise ValueError(f"--lars_trials: {t!r} is not LR:ETA (e.g. 3:0.01)")
+    for r in sgd_rates:
+        if not _is_number(r):
+            raise ValueError(f"--sgd_rates: {r!r} is not a number")
+    for b in batch_sizes:
+        if not str(b).isdigit() or int(b) < 1:
+            raise ValueError(f"--batch_sizes: {b!r} is not a positive integer")
+
+
+def _is_float(text):
+    try:
+        return not math.isnan(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_number(text):
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+# Running.
+
+def shard_info(data_dir, holdout):
+    """The shards' `build.json`, building the shards first when missing."""
+    path = os.path.join(data_dir, "build.json")
+    if not os.path.exists(path):
+        import build_fashion_mnist_tfrecords as builder
+
+        logging.info("building Fashion-MNIST shards with %d held-out images in %s",
+                     holdout, data_dir)
+        builder.build(data_dir, holdout=holdout)
+    with open(path) as f:
+        info = json.load(f)
+    if not info.get("holdout"):
+        raise ValueError(f"--data_dir={data_dir} has no holdout split: build one with "
+                         "tools/build_fashion_mnist_tfrecords.py --holdout=10000")
+    return info
+
+
+def command(run, run_dir, data_dir, info, epochs, warmup_epochs, extra):
+    counts = info["examples"]
+    return [sys.executable, "-m", "tf_lars.train", "--flagfile=fashion_mnist_study",
+            f"--data_dir={data_dir}", f"--model_dir={run_dir}",
+            f"--train_examples={counts['train']}", f"--eval_examples={counts['holdout']}",
+            f"--test_examples={counts['validation']}",
+            *run.flags(epochs, warmup_epochs), *extra]
+
+
+def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra):
+    """Runs one training (unless done before); its summary, or None if it diverged."""
+    run_dir = os.path.join(runs_dir, run.name)
+    summary_path = os.path.join(run_dir, "summary.json")
+    diverged_path = os.path.join(run_dir, "diverged.txt")
+    if not os.path.exists(summary_path) and not os.path.exists(diverged_path):
+        cmd = command(run, run_dir, data_dir, info, epochs, warmup_epochs, extra)
+        os.makedirs(run_dir, exist_ok=True)
+        start = time.time()
+        with open(os.path.join(run_dir, "train.log"), "w") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), cwd=ROOT)
+        with open(os.path.join(run_dir, "train.log")) as log:
+            tail = log.read()[-2000:]
+        if code and "training stopped:" in tail:  # NaN loss: a result, not an error.
+            with open(diverged_path, "w") as f:
+                f.write(tail.split("training stopped:")[-1].strip() + "\n")
+        elif code:
+            raise RuntimeError(f"run {run.name} failed (exit {code}); its log, "
+                               f"{run_dir}/train.log, ends:\n{tail}")
+        logging.info("%s: %.0f s", run.name, time.time() - start)
+    if os.path.exists(diverged_path):
+        return None
+    with open(summary_path) as f:
+        return json.load(f)
+
+
+def history(runs_dir, run):
+    """Per-epoch rows of a run's `history.csv` (as floats)."""
+    path = os.path.join(runs_dir, run.name, "history.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if _is_float(v)}
+                for row in csv.DictReader(f)]  # "NA": epochs without evaluation
+
+
+# Reporting.
+
+CSV_FIELDS = ["method", "batch_size", "trial", "learning_rate", "trust_coefficient", "seed",
+              "chosen", "holdout_top1", "test_top1", "test_loss", "steps", "wall_seconds",
+              "images_per_second", "diverged"]
+
+
+def rows(results, chosen):
+    picked = {(r.method, r.batch_size, r.trial) for r in chosen.values()}
+    out = []
+    for run, s in sorted(results.items(), key=lambda kv: (
+            kv[0].batch_size, kv[0].method, kv[0].learning_rate, kv[0].trust_coefficient or 0,
+            kv[0].seed)):
+        out.append(dict(
+            method=run.method, batch_size=run.batch_size, trial=run.trial,
+            learning_rate=run.learning_rate, trust_coefficient=run.trust_coefficient or "",
+            seed=run.seed, chosen=(run.method, run.batch_size, run.trial) in picked,
+            holdout_top1=s and round(s["top1"], 4), test_top1=s and round(s["test_top1"], 4),
+            test_loss=s and round(s["test_loss"], 4), steps=s and s["steps"],
+            wall_seconds=s and round(s["wall_seconds"], 1),
+            images_per_second=s and round(s["images_per_second"]), diverged=s is None))
+    return out
+
+
+def chosen_scores(results, chosen):
+    """`{(method, batch): [test top-1 of each seed of the chosen trial]}`."""
+    scores = {}
+    for key, pick in chosen.items():
+        scores[key] = [s["test_top1"] for r, s in results.items()
+                       if s is not None and (r.method, r.batch_size, r.trial) ==
+                       (pick.method, pick.batch_size, pick.trial)]
+    return scores
+
+
+def _mean(values):
+    text = f"{100 * statistics.mean(values):.2f}"
+    if len(values) > 1:
+        text += f" ± {100 * statistics.stdev(values):.2f} ({len(values)} seeds)"
+    return text
+
+
+def table(results, chosen, baseline_batch, batch_sizes):
+    """The markdown table: the chosen trial of each method at each size."""
+    scores = chosen_scores(results, chosen)
+    lines = ["| batch | method | chosen trial | peak rate | held-out top-1 % | test top-1 % "
+             "| steps |", "|---|---|---|---|---|---|---|"]
+    labels = {"baseline": "momentum SGD (baseline)",
+              "sgd": "momentum SGD + linear scaling + warmup",
+              "lars": "LARS + warmup + poly(2)"}
+    for batch, methods in [(baseline_batch, ["baseline"])] + [(b, ["sgd", "lars"])
+                                                              for b in batch_sizes]:
+        for method in methods:
+            pick = chosen.get((method, batch))
+            if pick is None:
+                lines.append(f"| {batch} | {labels[method]} | every trial diverged | | | | |")
+                continue
+            s = results[pick]
+            trial = (f"lr {pick.trial.split(':')[0]} @1K, eta {pick.trust_coefficient:g}"
+                     if method == "lars" else f"lr {pick.trial} @256")
+            lines.append(f"| {batch} | {labels[method]} | {trial} | {pick.learning_rate:.4g} "
+                         f"| {100 * s['top1']:.2f} | {_mean(scores[(method, batch)])} "
+                         f"| {s['steps']} |")
+    return "\n".join(lines)
+
+
+def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir):
+    """accuracy_vs_batch.png and curves_b<largest>.png; returns their names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    scores = chosen_scores(results, chosen)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, label, style in (("sgd", "momentum SGD, linear scaling + warmup", "o-"),
+                                 ("lars", "LARS, warmup + poly(2)", "s-")):
+        points = [(b, scores[(method, b)]) for b in batch_sizes if (method, b) in scores]
+        if points:
+            xs = [b for b, _ in points]
+            means = [100 * statistics.mean(v) for _, v in points]
+            lows = [m - 100 * min(v) for m, (_, v) in zip(means, points)]
+            highs = [100 * max(v) - m for m, (_, v) in zip(means, points)]
+            ax.errorbar(xs, means, yerr=[lows, highs], fmt=style, capsize=3, label=label)
+    if ("baseline", baseline_batch) in scores:
+        base = 100 * statistics.mean(scores[("baseline", baseline_batch)])
+        ax.axhline(base, color="gray", ls="--",
+                   label=f"momentum SGD at batch {baseline_batch}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batch_sizes, [f"{b // 1024}K" if b % 1024 == 0 else str(b)
+                                for b in batch_sizes])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title("Fashion-MNIST, ResNet-8, same epoch budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    names = ["accuracy_vs_batch.png"]
+    fig.savefig(os.path.join(output_dir, names[0]), dpi=120)
+    plt.close(fig)
+
+    largest = max(batch_sizes)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for method, color in (("sgd", "C0"), ("lars", "C1"), ("baseline", "gray")):
+        pick = chosen.get((method, largest if method != "baseline" else baseline_batch))
+        if pick is None:
+            continue
+        for run in results:
+            if (run.method, run.batch_size, run.trial) != (pick.method, pick.batch_size,
+                                                           pick.trial):
+                continue
+            epochs = history(runs_dir, run)
+            x = [row["epoch"] + 1 for row in epochs]
+            label = f"{method} b{run.batch_size} seed {run.seed}"
+            ls = "-" if run.seed == 1 else ":"
+            left.plot(x, [row["loss"] for row in epochs], ls, color=color, label=label)
+            evaluated = [(row["epoch"] + 1, 100 * row["val_accuracy"])
+                         for row in epochs if "val_accuracy" in row]
+            if evaluated:
+                right.plot(*zip(*evaluated), ls, color=color, label=label)
+    left.set(xlabel="epoch", ylabel="training loss", yscale="log",
+             title=f"training loss, chosen trials at batch {largest}")
+    right.set(xlabel="epoch", ylabel="held-out top-1 accuracy (%)",
+              title=f"held-out accuracy at batch {largest}")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    names.append(f"curves_b{largest}.png")
+    fig.savefig(os.path.join(output_dir, names[1]), dpi=120)
+    plt.close(fig)
+    return names
+
+
+def report(results, chosen, runs_dir, output_dir, baseline_batch, batch_sizes, header):
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
+        out = csv.DictWriter(f, CSV_FIELDS)
+        out.writeheader()
+        out.writerows(rows(results, chosen))
+    text = table(results, chosen, baseline_batch, batch_sizes)
+    names = plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(header + "\n\n" + text + "\n\n" +
+                "\n".join(f"![{n}]({n})" for n in names) + "\n")
+    return text
+
+
+def main(argv):
+    del argv
+    form = FORMS[FLAGS.form]
+    batch_sizes = FLAGS.batch_sizes or form["batch_sizes"]
+    sgd_rates = FLAGS.sgd_rates if FLAGS["sgd_rates"].present else form.get(
+        "sgd_rates", FLAGS.sgd_rates)
+    lars_trials = FLAGS.lars_trials if FLAGS["lars_trials"].present else form.get(
+        "lars_trials", FLAGS.lars_trials)
+    try:
+        check_args(sgd_rates, lars_trials, batch_sizes)
+    except ValueError as e:
+        sys.exit(f"large_batch_study: error: {e}")
+    batch_sizes = sorted(int(b) for b in batch_sizes)
+    epochs = FLAGS.epochs or form["epochs"]
+    warmup = FLAGS.warmup_epochs if FLAGS.warmup_epochs is not None else form["warmup_epochs"]
+    plan = first_plan(FLAGS.baseline_batch, batch_sizes, sgd_rates, lars_trials)
+    if FLAGS.dry_run:
+        info = dict(examples=dict(train="N", holdout="N", validation="N"))
+        for run in plan:
+            print(" ".join(command(run, os.path.join(FLAGS.runs_dir, run.name), FLAGS.data_dir,
+                                   info, epochs, warmup, FLAGS.trainer_flags)))
+        print(f"# then seeds 2..{FLAGS.seeds} of each method's chosen trial at batch "
+              f"{max(batch_sizes)}")
+        return
+    try:
+        info = shard_info(FLAGS.data_dir, FLAGS.holdout)
+        results = {}
+        for i, run in enumerate(plan, 1):
+            logging.info("run %d of %d: %s", i, len(plan), run.name)
+            results[run] = execute(run, FLAGS.runs_dir, FLAGS.data_dir, info, epochs, warmup,
+                                   FLAGS.trainer_flags)
+        chosen = choose(results)
+        for run in more_seeds(chosen, max(batch_sizes), FLAGS.seeds):
+            logging.info("more seeds: %s", run.name)
+            results[run] = execute(run, FLAGS.runs_dir, FLAGS.data_dir, info, epochs, warmup,
+                                   FLAGS.trainer_flags)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"large_batch_study: error: {e}")
+    counts = info["examples"]
+    header = (f"Fashion-MNIST, ResNet-8, {epochs:g} epochs of the {counts['train']:,} "
+              f"training images; trials chosen on {counts['holdout']:,} held-out training "
+              f"images, reported on the {counts['validation']:,} test images. "
+              f"Large-batch warmup: {warmup:g} epochs. Command: "
+              f"`python tools/large_batch_study.py --form={FLAGS.form}`.")
+    print(report(results, chosen, FLAGS.runs_dir, FLAGS.output_dir, FLAGS.baseline_batch,
+                 batch_sizes, header))
+
+
+if __name__ == "__main__":
+    app.run(main)
