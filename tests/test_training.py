@@ -133,15 +133,23 @@ def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
     result = train("--flagfile=fashion_mnist", f"--data_dir={shards}", f"--model_dir={out}",
                    "--model=resnet8", "--batch_size=128", "--train_examples=512",
                    "--eval_examples=512", "--epochs=2", "--log_every_steps=1",
-                   "--eval_every_epochs=1", "--learning_rate=0.5", "--verbose=0")
+                   "--eval_every_epochs=1", "--learning_rate=0.5", "--verbose=0",
+                   "--test_split=train", "--test_examples=512")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tf-lars-train: resnet8 on fashion_mnist: top-1" in result.stdout
+    assert "on 1000 validation images; test top-1" in result.stdout  # 1 batch of 1000
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["skipped_records"]["bad_images"] == 0
+    assert summary["test_split"] == "train" and 0 <= summary["test_top1"] <= 1
+    history = (out / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_accuracy" in history[0]  # header + 2 epochs
     config = json.loads((out / "flags.json").read_text())
     assert config["flags"]["batch_size"] == 128 and config["derived"]["steps_per_epoch"] == 4
     assert config["derived"]["warmup_steps"] == 8 - 1  # 2 warmup epochs, capped below the end
     assert (out / "model.keras").exists() and (out / "checkpoint.keras").exists()
+    wrong = train("--flagfile=fashion_mnist", f"--data_dir={shards}", f"--model_dir={out}x",
+                  "--epochs=1", "--eval_split=holdout")
+    assert wrong.returncode != 0 and "no holdout shards match" in last_line(wrong)
     tags = read_tags(str(out))
     for expected in [("train", "learning_rate"), ("train", "images_per_second"),
                      ("train", "epoch_images_per_second"), ("train", "epoch_loss"),

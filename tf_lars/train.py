@@ -27,73 +27,6 @@ train_flags.define()
 FLAGS = flags.FLAGS
 
 
-def derived_values(data, num_replicas):
-    """Steps and rates that follow from the flags, each with its reason."""
-    from tf_lars.training import inputs
-
-    batch = FLAGS.batch_size
-    if batch % num_replicas:
-        raise ValueError(f"--batch_size={batch} does not divide among the "
-                         f"{num_replicas} replicas: use a multiple of {num_replicas}")
-    # Whole batches only: an epoch is the number of full global batches.
-    steps_per_epoch = data.train_examples // batch
-    if steps_per_epoch < 1:
-        raise ValueError(f"--batch_size={batch} is larger than the training set "
-                         f"({data.train_examples} examples)")
-    if FLAGS.train_steps is None and FLAGS.epochs is None:
-        raise ValueError("give the run's length: --epochs or --train_steps")
-    total_steps = FLAGS.train_steps or max(1, round(FLAGS.epochs * steps_per_epoch))
-    # Linear scaling rule (Goyal et al.): the peak rate grows with the batch,
-    # unless an absolute --learning_rate is given.
-    peak = FLAGS.learning_rate or (FLAGS.base_learning_rate * batch / FLAGS.base_batch_size)
-    # Warmup is given in epochs so that it means the same at every batch size.
-    warmup_steps = min(round(FLAGS.warmup_epochs * steps_per_epoch), total_steps - 1)
-    eval_batch = FLAGS.eval_batch_size or batch
-    if eval_batch % num_replicas:
-        raise ValueError(f"--eval_batch_size={eval_batch} does not divide among the "
-                         f"{num_replicas} replicas: use a multiple of {num_replicas}")
-    # Evaluation repeats its data and runs a fixed number of steps, the same
-    # on every worker; a batch that divides the set sees each image once.
-    eval_steps = -(-data.eval_examples // eval_batch)
-    test_examples = FLAGS.test_examples or inputs.FORMAT_DEFAULTS[data.data_format][
-        "eval_examples"]
-    test_steps = -(-test_examples // eval_batch) if FLAGS.test_split else 0
-    return dict(test_steps=test_steps, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                epochs=-(-total_steps // steps_per_epoch), peak_learning_rate=peak,
-                warmup_steps=warmup_steps, eval_steps=eval_steps, eval_batch=eval_batch,
-                replicas=num_replicas, per_replica_batch=batch // num_replicas)
-
-
-def make_schedule(d):
-    from tf_lars import schedules
-
-    if FLAGS.schedule == "poly":
-        return schedules.WarmupPolynomialDecay(
-            d["peak_learning_rate"], d["total_steps"], d["warmup_steps"],
-            power=FLAGS.poly_power, end_learning_rate=FLAGS.end_learning_rate)
-    if FLAGS.schedule == "cosine":
-        return schedules.warmup_cosine_decay(
-            d["peak_learning_rate"], d["total_steps"], d["warmup_steps"],
-            end_learning_rate=FLAGS.end_learning_rate)
-    boundaries = [round(float(e) * d["steps_per_epoch"]) for e in FLAGS.step_epochs]
-    values = [d["peak_learning_rate"] * 0.1 ** i for i in range(len(boundaries) + 1)]
-    return schedules.WarmupPiecewiseConstant(boundaries, values, d["warmup_steps"])
-
-
-def make_optimizer(d):
-    from tf_lars import LARS
-
-    kwargs = dict(learning_rate=make_schedule(d), momentum=FLAGS.momentum,
-                  weight_decay=FLAGS.weight_decay,
-                  gradient_accumulation_steps=FLAGS.gradient_accumulation_steps)
-    if FLAGS.optimizer == "sgd":
-        # Momentum SGD with the same coupled weight decay and masks: LARS
-        # with layer adaptation switched off for every variable.
-        return LARS(exclude_from_layer_adaptation=[""], name="sgd", **kwargs)
-    return LARS(trust_coefficient=FLAGS.trust_coefficient, trust_ratio=FLAGS.trust_ratio,
-                track_trust_ratios=FLAGS.log_trust_ratios, **kwargs)
-
-
 def build_model(data):
     from tf_lars import models
 
@@ -125,7 +58,7 @@ def setup():
     import keras
 
     from tf_lars.data import pipeline
-    from tf_lars.training import inputs, keras_mwms, strategy as strategies
+    from tf_lars.training import inputs, keras_mwms, recipe, strategy as strategies
 
     if FLAGS.strategy == "multi_worker_mirrored" or os.environ.get("TF_CONFIG"):
         keras_mwms.apply()
@@ -144,7 +77,7 @@ def setup():
         splits = ["train", FLAGS.eval_split] + ([FLAGS.test_split] if FLAGS.test_split else [])
         for split in splits:  # Missing shards fail now, not mid-run.
             pipeline.list_files(data.data_dir, split, data.schema)
-    d = derived_values(data, strategy.num_replicas_in_sync)
+    d = recipe.derive(FLAGS, data, strategy.num_replicas_in_sync)
     if FLAGS.seed is not None:
         keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.mixed_precision != "none":
@@ -155,7 +88,7 @@ def setup():
         if FLAGS.init_weights:
             load_initial_weights(model, FLAGS.init_weights)
         model.compile(
-            optimizer=make_optimizer(d),
+            optimizer=recipe.optimizer(d, FLAGS),
             loss=keras.losses.CategoricalCrossentropy(
                 from_logits=True, label_smoothing=FLAGS.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),

@@ -69,29 +69,6 @@ class _Encoder:
         return encode(item, self.channels, self.quality)
 
 
-def split_holdout(labels, holdout, seed=0):
-    """Indices `(kept, held_out)` of a class-balanced random held-out part.
-
-    `holdout / 10` images of each class are drawn without replacement; both
-    index lists are sorted, so the kept images stay in their file order.
-    """
-    classes = np.unique(labels)
-    if holdout % len(classes):
-        raise ValueError(f"--holdout={holdout} must be a multiple of the "
-                         f"{len(classes)} classes (the same number of each)")
-    per_class = holdout // len(classes)
-    rng = np.random.default_rng(seed)
-    held = []
-    for c in classes:
-        members = np.flatnonzero(labels == c)
-        if per_class > len(members):
-            raise ValueError(f"--holdout={holdout} needs {per_class} images of each "
-                             f"class; class {c} has {len(members)}")
-        held.append(rng.choice(members, per_class, replace=False))
-    held = np.sort(np.concatenate(held))
-    return np.setdiff1d(np.arange(len(labels)), held), held
-
-
 def _check_info(output_dir, info):
     """Refuses to mix shards made with other settings; records these."""
     path = os.path.join(output_dir, INFO_FILE)
@@ -119,8 +96,9 @@ def build(output_dir, idx_dir=None, train_shards=8, validation_shards=2,
     train_images, train_labels = fashion_mnist.load("train", idx_dir)
     test_images, test_labels = fashion_mnist.load("test", idx_dir)
     n = limit or len(train_labels)
-    kept, held = (split_holdout(train_labels[:n], holdout, holdout_seed) if holdout
-                  else (np.arange(n), np.arange(0)))
+    kept, held = (np.arange(n), np.arange(0))
+    if holdout:
+        kept, held = fashion_mnist.split_holdout(train_labels[:n], holdout, holdout_seed)
     plan = [("train", train_images, train_labels, kept, train_shards),
             ("validation", test_images, test_labels,
              np.arange(limit or len(test_labels)), validation_shards)]

@@ -77,3 +77,26 @@ def load(split, data_dir=None):
             f"has {labels.shape[0]} labels"
         )
     return images, labels.astype(np.int64)
+
+
+def split_holdout(labels, holdout, seed=0):
+    """Indices `(kept, held_out)` of a class-balanced random held-out part.
+
+    `holdout / 10` images of each class are drawn without replacement; both
+    index lists are sorted, so the kept images stay in their file order.
+    """
+    classes = np.unique(labels)
+    if holdout % len(classes):
+        raise ValueError(f"holdout={holdout} must be a multiple of the "
+                         f"{len(classes)} classes (the same number of each)")
+    per_class = holdout // len(classes)
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        if per_class > len(members):
+            raise ValueError(f"holdout={holdout} needs {per_class} images of each "
+                             f"class; class {c} has {len(members)}")
+        held.append(rng.choice(members, per_class, replace=False))
+    held = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(labels)), held), held

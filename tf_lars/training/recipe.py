@@ -1,0 +1,77 @@
+"""The training recipe: steps, schedule and optimizer from the run's settings.
+
+`cfg` is anything with the training flags as attributes: absl's FLAGS in
+`tf-lars-train`, a namespace elsewhere (tools/large_batch_study.py's
+in-memory engine), so both build exactly the same schedule and optimizer.
+"""
+
+def derive(cfg, data, num_replicas):
+    """Steps and rates that follow from `cfg` and the data, each with its reason."""
+    batch = cfg.batch_size
+    if batch % num_replicas:
+        raise ValueError(f"--batch_size={batch} does not divide among the "
+                         f"{num_replicas} replicas: use a multiple of {num_replicas}")
+    # Whole batches only: an epoch is the number of full global batches.
+    steps_per_epoch = data.train_examples // batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"--batch_size={batch} is larger than the training set "
+                         f"({data.train_examples} examples)")
+    if cfg.train_steps is None and cfg.epochs is None:
+        raise ValueError("give the run's length: --epochs or --train_steps")
+    total_steps = cfg.train_steps or max(1, round(cfg.epochs * steps_per_epoch))
+    # Linear scaling rule (Goyal et al.): the peak rate grows with the batch,
+    # unless an absolute --learning_rate is given.
+    peak = cfg.learning_rate or (cfg.base_learning_rate * batch / cfg.base_batch_size)
+    # Warmup is given in epochs so that it means the same at every batch size.
+    warmup_steps = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps - 1)
+    eval_batch = cfg.eval_batch_size or batch
+    if eval_batch % num_replicas:
+        raise ValueError(f"--eval_batch_size={eval_batch} does not divide among the "
+                         f"{num_replicas} replicas: use a multiple of {num_replicas}")
+    # Evaluation repeats its data and runs a fixed number of steps, the same
+    # on every worker; a batch that divides the set sees each image once.
+    eval_steps = -(-data.eval_examples // eval_batch)
+    test_steps = 0
+    if cfg.test_split:
+        test_examples = cfg.test_examples
+        if not test_examples:  # The format's evaluation set size.
+            from tf_lars.training import inputs
+
+            test_examples = inputs.FORMAT_DEFAULTS[data.data_format]["eval_examples"]
+        test_steps = -(-test_examples // eval_batch)
+    return dict(test_steps=test_steps, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                epochs=-(-total_steps // steps_per_epoch), peak_learning_rate=peak,
+                warmup_steps=warmup_steps, eval_steps=eval_steps, eval_batch=eval_batch,
+                replicas=num_replicas, per_replica_batch=batch // num_replicas)
+
+
+def schedule(d, cfg):
+    """The learning-rate schedule: warmup, then `cfg.schedule`'s decay."""
+    from tf_lars import schedules
+
+    if cfg.schedule == "poly":
+        return schedules.WarmupPolynomialDecay(
+            d["peak_learning_rate"], d["total_steps"], d["warmup_steps"],
+            power=cfg.poly_power, end_learning_rate=cfg.end_learning_rate)
+    if cfg.schedule == "cosine":
+        return schedules.warmup_cosine_decay(
+            d["peak_learning_rate"], d["total_steps"], d["warmup_steps"],
+            end_learning_rate=cfg.end_learning_rate)
+    boundaries = [round(float(e) * d["steps_per_epoch"]) for e in cfg.step_epochs]
+    values = [d["peak_learning_rate"] * 0.1 ** i for i in range(len(boundaries) + 1)]
+    return schedules.WarmupPiecewiseConstant(boundaries, values, d["warmup_steps"])
+
+
+def optimizer(d, cfg):
+    """`tf_lars.LARS`, or momentum SGD (`cfg.optimizer == "sgd"`)."""
+    from tf_lars import LARS
+
+    kwargs = dict(learning_rate=schedule(d, cfg), momentum=cfg.momentum,
+                  weight_decay=cfg.weight_decay,
+                  gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    if cfg.optimizer == "sgd":
+        # Momentum SGD with the same coupled weight decay and masks: LARS
+        # with layer adaptation switched off for every variable.
+        return LARS(exclude_from_layer_adaptation=[""], name="sgd", **kwargs)
+    return LARS(trust_coefficient=cfg.trust_coefficient, trust_ratio=cfg.trust_ratio,
+                track_trust_ratios=cfg.log_trust_ratios, **kwargs)
