@@ -1,4 +1,4 @@
-"""The optimizer and schedule suites again, under the JAX backend.
+"""The optimizer, schedule and in-memory data suites again, under the JAX backend.
 
 Keras fixes its backend at import, so the suites run in a subprocess with
 KERAS_BACKEND=jax. Skips when JAX is not installed (pip install "jax[cpu]").
@@ -18,7 +18,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
                     reason='JAX is not installed: pip install "jax[cpu]"')
 def test_optimizer_and_schedules_under_jax():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    suites = [os.path.join(HERE, f) for f in ("test_optimizer.py", "test_schedules.py")]
+    suites = [os.path.join(HERE, f) for f in ("test_optimizer.py", "test_schedules.py",
+                                                       "test_arrays.py")]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *suites],
         env=env, capture_output=True, text=True, timeout=600)

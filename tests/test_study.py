@@ -1,6 +1,8 @@
 """tools/large_batch_study.py: its plan and choices, then a tiny real study."""
 
 import csv
+import importlib.util
+import json
 import math
 import os
 import subprocess
@@ -94,6 +96,41 @@ def test_bad_trials_are_named():
         study.check_args(["0.1"], ["3:0.01"], ["8k"])
 
 
+TINY = ["--baseline_batch=20", "--batch_sizes=100", "--sgd_rates=0.1", "--lars_trials=1:0.01",
+        "--seeds=2", "--epochs=3", "--warmup_epochs=1",
+        "--trainer_flags=--eval_batch_size=20,--shuffle_buffer=100"]
+
+
+def run_study(*args, timeout=600, **env):
+    command = [sys.executable, os.path.join(ROOT, "tools", "large_batch_study.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **env))
+
+
+def check_study(docs, runs):
+    """The outputs of a TINY study on 200 training, 60 held-out, 40 test images."""
+    with open(docs / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["batch_size"], r["seed"]) for r in rows) == [
+        ("baseline", "20", "1"), ("lars", "100", "1"), ("lars", "100", "2"),
+        ("sgd", "100", "1"), ("sgd", "100", "2")]
+    for r in rows:
+        assert r["diverged"] == "False"
+        assert 0.0 <= float(r["holdout_top1"]) <= 1.0 and 0.0 <= float(r["test_top1"]) <= 1.0
+        # 200 training images: 3 epochs are 3 * (200 // batch) steps.
+        assert int(r["steps"]) == 3 * (200 // int(r["batch_size"]))
+    results = (docs / "results.md").read_text()
+    assert "200 training images" in results and "60 held-out" in results
+    assert "40 test images" in results and results.count("| 100 |") == 2
+    for name in ("accuracy_vs_batch.png", "curves_b100.png"):
+        png = (docs / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # Each run evaluated the held-out part every epoch (its curve).
+    (lars_run,) = runs.glob("lars_b100_*_s1")
+    history = (lars_run / "history.csv").read_text().splitlines()
+    assert len(history) == 4 and "val_accuracy" in history[0]
+
+
 def test_a_tiny_study_end_to_end(tmp_path):
     """Real shards, real trainer runs, real plots: 5 short runs."""
     pytest.importorskip("matplotlib")
@@ -109,40 +146,33 @@ def test_a_tiny_study_end_to_end(tmp_path):
                      f"--idx_dir={idx}", "--holdout=60", "--train_shards=2",
                      "--validation_shards=1")
     assert built.returncode == 0, built.stderr[-2000:]
-    args = [sys.executable, os.path.join(ROOT, "tools", "large_batch_study.py"),
-            f"--data_dir={data}", f"--runs_dir={tmp_path / 'runs'}",
-            f"--output_dir={tmp_path / 'docs'}", "--baseline_batch=20", "--batch_sizes=100",
-            "--sgd_rates=0.1", "--lars_trials=1:0.01", "--seeds=2", "--epochs=3",
-            "--warmup_epochs=1", "--trainer_flags=--eval_batch_size=20,--shuffle_buffer=100"]
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    args = [f"--data_dir={data}", f"--runs_dir={tmp_path / 'runs'}",
+            f"--output_dir={tmp_path / 'docs'}", *TINY]
+    result = run_study(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-
-    with open(tmp_path / "docs" / "runs.csv") as f:
-        runs = list(csv.DictReader(f))
-    assert sorted((r["method"], r["batch_size"], r["seed"]) for r in runs) == [
-        ("baseline", "20", "1"), ("lars", "100", "1"), ("lars", "100", "2"),
-        ("sgd", "100", "1"), ("sgd", "100", "2")]
-    for r in runs:
-        assert r["diverged"] == "False"
-        assert 0.0 <= float(r["holdout_top1"]) <= 1.0 and 0.0 <= float(r["test_top1"]) <= 1.0
-        # 200 training images: 3 epochs are 3 * (200 // batch) steps.
-        assert int(r["steps"]) == 3 * (200 // int(r["batch_size"]))
-    results = (tmp_path / "docs" / "results.md").read_text()
-    assert "200 training images" in results and "60 held-out" in results
-    assert results.count("| 100 |") == 2
-    for name in ("accuracy_vs_batch.png", "curves_b100.png"):
-        png = (tmp_path / "docs" / name).read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    # Each run evaluated the held-out part every epoch (its curve).
-    (lars_run,) = (tmp_path / "runs").glob("lars_b100_*_s1")
-    lars_history = lars_run / "history.csv"
-    assert len(lars_history.read_text().splitlines()) == 4
-    assert "val_accuracy" in lars_history.read_text().splitlines()[0]
+    check_study(tmp_path / "docs", tmp_path / "runs")
 
     # Finished runs are not run again.
     (summary,) = (tmp_path / "runs").glob("sgd_b100_*_s2/summary.json")
     before = os.path.getmtime(summary)
-    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    again = run_study(*args, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert os.path.getmtime(summary) == before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                    reason='JAX is not installed: pip install "jax[cpu]"')
+def test_a_tiny_study_in_memory_on_jax(tmp_path):
+    """--engine=arrays under KERAS_BACKEND=jax: the GPU machine's way, on the CPU."""
+    pytest.importorskip("matplotlib")
+    from test_tools import generated_idx
+
+    idx = generated_idx(tmp_path / "idx", 260, 40)
+    result = run_study("--engine=arrays", f"--idx_dir={idx}", "--holdout=60",
+                       f"--runs_dir={tmp_path / 'runs'}", f"--output_dir={tmp_path / 'docs'}",
+                       *TINY, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_study(tmp_path / "docs", tmp_path / "runs")
+    assert "Keras jax backend" in (tmp_path / "docs" / "results.md").read_text()
+    (summary,) = (tmp_path / "runs").glob("lars_b100_*_s1/summary.json")
+    assert json.loads(summary.read_text())["backend"] == "jax"

@@ -28,8 +28,19 @@ Writes to --output_dir: `runs.csv` (every run), `results.md` (the table),
 `accuracy_vs_batch.png` and `curves_b<largest>.png`. Runs go to --runs_dir,
 one folder each; a run whose `summary.json` exists is not run again, so an
 interrupted study continues where it stopped.
+
+--engine=arrays trains in this process instead, on any Keras backend and
+without TensorFlow (the JAX backend on a GPU machine): the IDX files are
+read into memory (--idx_dir), split with the same class-balanced held-out
+draw as the shards, fed by `tf_lars.data.arrays.Batches`, and augmented on
+the device by Keras layers (close to, not the same as, the shards' crops).
+The recipe (flagfile, schedule, optimizer, model) is the trainer's own:
+
+    KERAS_BACKEND=jax python tools/large_batch_study.py --form=full --engine=arrays \
+        --idx_dir=fashion-mnist --output_dir=docs/study-gpu
 """
 
+import argparse
 import csv
 import dataclasses
 import json
@@ -70,7 +81,12 @@ flags.DEFINE_integer("seeds", 2, "Seeds of the chosen trials at the largest batc
 flags.DEFINE_string("data_dir", "data/fashion_mnist_holdout",
                     "Shards with a holdout split (built here when missing).")
 flags.DEFINE_integer("holdout", 10_000, "Held-out training images, when building shards.")
-flags.DEFINE_string("runs_dir", "runs/study", "Where each run's folder goes.")
+flags.DEFINE_enum("engine", "trainer", ["trainer", "arrays"], "trainer: each run is "
+                  "tf-lars-train on shards; arrays: in memory, any Keras backend.")
+flags.DEFINE_string("idx_dir", None, "Fashion-MNIST's IDX files, for --engine=arrays "
+                    "(default: Debian's folder or $TF_LARS_FASHION_MNIST).")
+flags.DEFINE_string("runs_dir", None, "Where each run's folder goes (default: "
+                    "runs/study, or runs/study-arrays).")
 flags.DEFINE_string("output_dir", "docs/study", "Where the CSV, table and plots go.")
 flags.DEFINE_list("trainer_flags", [], "More flags for every run (e.g. --cpu_devices=2).")
 flags.DEFINE_boolean("dry_run", False, "Print the plan's commands and stop.")
@@ -213,12 +229,16 @@ def command(run, run_dir, data_dir, info, epochs, warmup_epochs, extra):
             *run.flags(epochs, warmup_epochs), *extra]
 
 
-def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra):
+def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra, in_memory=None):
     """Runs one training (unless done before); its summary, or None if it diverged."""
     run_dir = os.path.join(runs_dir, run.name)
     summary_path = os.path.join(run_dir, "summary.json")
     diverged_path = os.path.join(run_dir, "diverged.txt")
-    if not os.path.exists(summary_path) and not os.path.exists(diverged_path):
+    if in_memory and not os.path.exists(summary_path) and not os.path.exists(diverged_path):
+        start = time.time()
+        in_memory(run, run_dir, epochs, warmup_epochs, extra)
+        logging.info("%s: %.0f s", run.name, time.time() - start)
+    elif not os.path.exists(summary_path) and not os.path.exists(diverged_path):
         cmd = command(run, run_dir, data_dir, info, epochs, warmup_epochs, extra)
         os.makedirs(run_dir, exist_ok=True)
         start = time.time()
@@ -238,6 +258,84 @@ def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra):
         return None
     with open(summary_path) as f:
         return json.load(f)
+
+
+class InMemory:
+    """--engine=arrays: Fashion-MNIST in memory, each run in this process."""
+
+    NORM = (127.5,), (127.5,)  # mean, std of the `small` preset the shards use
+
+    def __init__(self, idx_dir, holdout):
+        from tf_lars.data import fashion_mnist
+
+        images, labels = fashion_mnist.load("train", idx_dir)
+        kept, held = fashion_mnist.split_holdout(labels, holdout)  # the builder's draw
+        self.splits = {"train": (images[kept], labels[kept]),
+                       "holdout": (images[held], labels[held]),
+                       "validation": fashion_mnist.load("test", idx_dir)}
+        self.info = dict(examples={k: len(v[1]) for k, v in self.splits.items()})
+
+    def __call__(self, run, run_dir, epochs, warmup_epochs, extra):
+        """Trains `run`; writes `history.csv` and `summary.json` as the trainer does."""
+        import numpy as np
+        from absl import flags as absl_flags
+
+        import keras
+        import tf_lars  # noqa: F401 (registers LARS and the schedules)
+        from tf_lars import models
+        from tf_lars.data import arrays
+        from tf_lars.training import flagfiles, recipe
+        from tf_lars.training import flags as train_flags
+
+        cfg = absl_flags.FlagValues()
+        train_flags.define(cfg)
+        counts = self.info["examples"]
+        cfg(flagfiles.expand(["study", *command(run, run_dir, "", self.info, epochs,
+                                                warmup_epochs, extra)[3:]]))
+        data = argparse.Namespace(train_examples=counts["train"], data_format="fashion_mnist",
+                                  eval_examples=counts["holdout"])
+        d = recipe.derive(cfg, data, 1)
+        keras.backend.clear_session()  # (it resets the dtype policy: set it after)
+        keras.utils.set_random_seed(run.seed)
+        if cfg.mixed_precision != "none":
+            keras.config.set_dtype_policy(cfg.mixed_precision)
+        model = models.build(cfg.model, num_classes=10, image_size=28, channels=1,
+                             input_dtype="uint8", mean=self.NORM[0], std=self.NORM[1],
+                             zero_init_residual=cfg.zero_init_residual)
+        trained = arrays.with_augmentation(model, seed=run.seed)
+        trained.compile(optimizer=recipe.optimizer(d, cfg),
+                        loss=keras.losses.CategoricalCrossentropy(
+                            from_logits=True, label_smoothing=cfg.label_smoothing),
+                        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                                 keras.metrics.TopKCategoricalAccuracy(5, name="top5")])
+
+        def batches(split, training):
+            images, labels = self.splits[split]
+            return arrays.Batches(images, labels, cfg.batch_size if training else d["eval_batch"],
+                                  10, training, seed=run.seed)
+
+        os.makedirs(run_dir, exist_ok=True)
+        start = time.time()
+        fitted = trained.fit(
+            batches("train", True), epochs=d["epochs"], validation_data=batches("holdout", False),
+            verbose=0, callbacks=[keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
+                                  keras.callbacks.TerminateOnNaN()])
+        seconds = time.time() - start
+        if not np.all(np.isfinite(fitted.history["loss"])):
+            with open(os.path.join(run_dir, "diverged.txt"), "w") as f:
+                f.write("loss is NaN\n")
+            return
+        held = trained.evaluate(batches("holdout", False), return_dict=True, verbose=0)
+        test = trained.evaluate(batches("validation", False), return_dict=True, verbose=0)
+        steps = int(keras.ops.convert_to_numpy(trained.optimizer.iterations))
+        summary = dict(top1=held["accuracy"], top5=held["top5"], loss=held["loss"], steps=steps,
+                       wall_seconds=seconds, images_per_second=steps * cfg.batch_size / seconds,
+                       eval_split="holdout", test_split="validation",
+                       test_top1=test["accuracy"], test_top5=test["top5"],
+                       test_loss=test["loss"], backend=keras.backend.backend())
+        model.save(os.path.join(run_dir, "model.keras"))
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
 
 
 def history(runs_dir, run):
@@ -397,6 +495,12 @@ def report(results, chosen, runs_dir, output_dir, baseline_batch, batch_sizes, h
     return text
 
 
+def keras_backend():
+    import keras
+
+    return keras.backend.backend()
+
+
 def main(argv):
     del argv
     form = FORMS[FLAGS.form]
@@ -413,35 +517,44 @@ def main(argv):
     epochs = FLAGS.epochs or form["epochs"]
     warmup = FLAGS.warmup_epochs if FLAGS.warmup_epochs is not None else form["warmup_epochs"]
     plan = first_plan(FLAGS.baseline_batch, batch_sizes, sgd_rates, lars_trials)
+    runs_dir = FLAGS.runs_dir or ("runs/study" if FLAGS.engine == "trainer"
+                                  else "runs/study-arrays")
     if FLAGS.dry_run:
         info = dict(examples=dict(train="N", holdout="N", validation="N"))
         for run in plan:
-            print(" ".join(command(run, os.path.join(FLAGS.runs_dir, run.name), FLAGS.data_dir,
+            print(" ".join(command(run, os.path.join(runs_dir, run.name), FLAGS.data_dir,
                                    info, epochs, warmup, FLAGS.trainer_flags)))
         print(f"# then seeds 2..{FLAGS.seeds} of each method's chosen trial at batch "
               f"{max(batch_sizes)}")
         return
     try:
-        info = shard_info(FLAGS.data_dir, FLAGS.holdout)
+        if FLAGS.engine == "arrays":
+            in_memory = InMemory(FLAGS.idx_dir, FLAGS.holdout)
+            info = in_memory.info
+        else:
+            in_memory, info = None, shard_info(FLAGS.data_dir, FLAGS.holdout)
         results = {}
         for i, run in enumerate(plan, 1):
             logging.info("run %d of %d: %s", i, len(plan), run.name)
-            results[run] = execute(run, FLAGS.runs_dir, FLAGS.data_dir, info, epochs, warmup,
-                                   FLAGS.trainer_flags)
+            results[run] = execute(run, runs_dir, FLAGS.data_dir, info, epochs, warmup,
+                                   FLAGS.trainer_flags, in_memory)
         chosen = choose(results)
         for run in more_seeds(chosen, max(batch_sizes), FLAGS.seeds):
             logging.info("more seeds: %s", run.name)
-            results[run] = execute(run, FLAGS.runs_dir, FLAGS.data_dir, info, epochs, warmup,
-                                   FLAGS.trainer_flags)
+            results[run] = execute(run, runs_dir, FLAGS.data_dir, info, epochs, warmup,
+                                   FLAGS.trainer_flags, in_memory)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"large_batch_study: error: {e}")
     counts = info["examples"]
-    header = (f"Fashion-MNIST, ResNet-8, {epochs:g} epochs of the {counts['train']:,} "
+    engine = ("`tf-lars-train` on TFRecord shards" if FLAGS.engine == "trainer" else
+              f"in-memory arrays, Keras {keras_backend()} backend")
+    header = (f"Fashion-MNIST, ResNet-8 ({engine}), {epochs:g} epochs of the {counts['train']:,} "
               f"training images; trials chosen on {counts['holdout']:,} held-out training "
               f"images, reported on the {counts['validation']:,} test images. "
               f"Large-batch warmup: {warmup:g} epochs. Command: "
-              f"`python tools/large_batch_study.py --form={FLAGS.form}`.")
-    print(report(results, chosen, FLAGS.runs_dir, FLAGS.output_dir, FLAGS.baseline_batch,
+              f"`python tools/large_batch_study.py --form={FLAGS.form} "
+              f"--engine={FLAGS.engine}`.")
+    print(report(results, chosen, runs_dir, FLAGS.output_dir, FLAGS.baseline_batch,
                  batch_sizes, header))
 
 

@@ -5,18 +5,34 @@ arguments. Experiments live in flagfiles (`flags/*.cfg`, `--flagfile=`);
 a value left unset (None) takes the data format's default.
 """
 
+import functools
+
 from absl import flags
 
-from tf_lars.training.strategy import COLLECTIVES, NAMES as STRATEGIES
-
 FORMATS = ("imagenet", "tfds", "fashion_mnist", "synthetic")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+COLLECTIVES = ("auto", "ring", "nccl")  # tf.distribute's CommunicationImplementation
 
 
-def define():
-    """Defines the flags (once per process)."""
-    if "model" in flags.FLAGS:
+class _Definer:
+    """absl's DEFINE_* functions, bound to one `FlagValues`."""
+
+    def __init__(self, flag_values):
+        self.flag_values = flag_values
+
+    def __getattr__(self, name):
+        return functools.partial(getattr(flags, name), flag_values=self.flag_values)
+
+
+def define(flag_values=flags.FLAGS):
+    """Defines the flags in `flag_values` (once; default: absl's FLAGS).
+
+    A separate `flags.FlagValues()` parses the trainer's flags inside
+    another program without touching its own (tools/large_batch_study.py).
+    """
+    if "model" in flag_values:
         return
-    d = flags
+    d = _Definer(flag_values)
     # Model and data.
     d.DEFINE_enum("model", "resnet50", ["resnet50", "alexnet_bn", "resnet8", "resnet20", "resnet32",
                                         "resnet56"], "Model to train.")

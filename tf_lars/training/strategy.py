@@ -5,12 +5,8 @@ import os
 
 import tensorflow as tf
 
-NAMES = ("auto", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
-COLLECTIVES = {
-    "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
-    "ring": tf.distribute.experimental.CommunicationImplementation.RING,
-    "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
-}
+# The names live with the flags, which must not need TensorFlow.
+from tf_lars.training.flags import COLLECTIVES, STRATEGIES as NAMES
 
 
 def split_cpu(devices):
@@ -53,7 +49,8 @@ def make(name, tpu=None, collective="auto"):
         return _tpu(tpu)
     if name == "multi_worker_mirrored":
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=COLLECTIVES[collective])
+            implementation=getattr(tf.distribute.experimental.CommunicationImplementation,
+                                   collective.upper()))
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
