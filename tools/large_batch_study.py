@@ -58,9 +58,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMS = {
     # Two large batches, 4 epochs, 3 trials per point: 17 runs.
     "reduced": dict(batch_sizes=[1024, 4096], epochs=4, warmup_epochs=1.0),
-    # Every size of the paper's range, 4 trials per point: 45 runs.
+    # Every size of the paper's range, 30 epochs, 4 trials per point: 46 runs.
     "full": dict(batch_sizes=[1024, 2048, 4096, 8192, 16384], epochs=30, warmup_epochs=5.0,
-                 sgd_rates=[0.05, 0.1, 0.2, 0.4],
+                 sgd_rates=["0.05", "0.1", "0.2", "0.4"],
                  lars_trials=["1:0.02", "2:0.01", "2:0.02", "4:0.01"]),
 }
 LINEAR_SCALING_BATCH = 256   # the batch size --sgd_rates are given for

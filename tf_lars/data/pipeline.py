@@ -95,11 +95,11 @@ def _read_shard(filename, size, strict, bad):
 
 def _jpeg_is_whole(jpeg):
     """Starts with the JPEG start marker and has the end marker near its end."""
+    length = tf.strings.length(jpeg)
     starts = tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8")
-    tail = tf.strings.bytes_split(tf.strings.substr(jpeg, -32, 32))
-    ends = tf.reduce_any(tf.logical_and(tf.equal(tail[:-1], b"\xff"),
-                                        tf.equal(tail[1:], b"\xd9")))
-    return tf.logical_and(starts, tf.logical_and(tf.strings.length(jpeg) >= 32, ends))
+    tail = tf.io.decode_raw(tf.strings.substr(jpeg, tf.maximum(length - 32, 0), 32), tf.uint8)
+    ends = tf.reduce_any(tf.logical_and(tf.equal(tail[:-1], 0xFF), tf.equal(tail[1:], 0xD9)))
+    return tf.logical_and(starts, tf.logical_and(length >= 32, ends))
 
 
 def _is_ok(image, label, ok):

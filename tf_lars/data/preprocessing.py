@@ -118,12 +118,12 @@ def train_image(jpeg, boxes, size, preset=TPU, channels=3, dtype=tf.float32, see
     window = crop_window(tf.io.extract_jpeg_shape(jpeg), boxes, size, preset, seed)
     image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=channels)
     image = _resize(tf.cast(image, tf.float32), size, preset.resize_method)
-    if seed is None:
-        image = tf.image.random_flip_left_right(image)
-    else:
-        image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
     image.set_shape([size, size, channels])
-    return normalize(image, preset, dtype)
+    # Flipped after normalizing (the two commute): fewer bytes to move in uint8.
+    image = normalize(image, preset, dtype)
+    if seed is None:
+        return tf.image.random_flip_left_right(image)
+    return tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
 
 
 def eval_image(jpeg, size, preset=TPU, channels=3, dtype=tf.float32):
