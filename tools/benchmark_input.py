@@ -3,7 +3,8 @@
     python tools/benchmark_input.py --data_dir SHARDS [--image_size 224]
     python tools/benchmark_input.py --synthetic_dir /tmp/photos --image_size 224
 
-Measures, in one process, one after the other on the same JPEGs:
+Measures, in one process, on the same JPEGs, taking turns (--repeats rounds
+of each, the median reported; a shared machine's load drifts):
   1. bare decode: the JPEGs, already in memory, fully decoded by a parallel
      tf.data map (the pipeline's practical ceiling on this machine);
   2. the training pipeline of tf_lars.data.make_dataset, from the shards
@@ -16,6 +17,7 @@ there first, for machines without ImageNet.
 
 import functools
 import os
+import statistics
 import time
 
 import numpy as np
@@ -38,7 +40,8 @@ flags.DEFINE_integer("num_classes", 1000, "Labels must be below this.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("shuffle_buffer", 10_000, "Records in the pipeline's shuffle buffer.")
 flags.DEFINE_integer("max_images", 4000, "JPEGs held in memory for the bare decode.")
-flags.DEFINE_float("seconds", 20.0, "Time each measurement for about this long.")
+flags.DEFINE_float("seconds", 10.0, "Time each measurement for about this long.")
+flags.DEFINE_integer("repeats", 3, "Rounds of measurements (medians are reported).")
 
 
 def synthetic_photo(index, grain=20.0):
@@ -93,23 +96,31 @@ def main(argv):
             .map(lambda j: tf.shape(tf.io.decode_jpeg(j, channels=FLAGS.channels)),
                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
             .batch(FLAGS.batch_size).prefetch(tf.data.AUTOTUNE))
-    bare_rate = rate(iter(bare), FLAGS.batch_size, FLAGS.seconds)
 
-    train_rates = {}
-    for dtype in ("float32", "uint8"):
-        train = pipeline.make_dataset(
+    def train(dtype):
+        return pipeline.make_dataset(
             data_dir, "train", training=True, global_batch_size=FLAGS.batch_size,
             image_size=FLAGS.image_size, data_format=FLAGS.data_format,
             preset=FLAGS.preset, channels=FLAGS.channels, dtype=dtype,
             num_classes=FLAGS.num_classes, shuffle_buffer=FLAGS.shuffle_buffer)
-        train_rates[dtype] = rate(iter(train), FLAGS.batch_size, FLAGS.seconds)
+
+    # One pipeline runs at a time: each measurement has its own iterator.
+    makers = {"bare": lambda: bare, "float32": lambda: train("float32"),
+              "uint8": lambda: train("uint8")}
+    rounds = {name: [] for name in makers}
+    for _ in range(FLAGS.repeats):
+        for name, make in makers.items():
+            rounds[name].append(rate(iter(make()), FLAGS.batch_size, FLAGS.seconds))
+    bare_rate = statistics.median(rounds.pop("bare"))
+    train_rates = {dtype: statistics.median(values) for dtype, values in rounds.items()}
 
     height, width = tf.io.extract_jpeg_shape(jpegs[0]).numpy()[:2]
     kilobytes = float(tf.reduce_mean(tf.strings.length(jpegs))) / 1e3
     print(f"shards: {data_dir} ({len(files)} files, first image {height}x{width}, "
           f"mean JPEG {kilobytes:.0f} KB); "
           f"{cores} cores; preset {FLAGS.preset}, {FLAGS.image_size} px, "
-          f"batch {FLAGS.batch_size}, shuffle buffer {FLAGS.shuffle_buffer}")
+          f"batch {FLAGS.batch_size}, shuffle buffer {FLAGS.shuffle_buffer}; medians of "
+          f"{FLAGS.repeats} rounds of {FLAGS.seconds:g} s")
     print("| measurement | images/s | images/s per core |")
     print("|---|---|---|")
     print(f"| bare JPEG decode (in memory) | {bare_rate:.0f} | {bare_rate / cores:.0f} |")

@@ -63,25 +63,28 @@ def list_files(data_dir, split, data_format="imagenet"):
     return files
 
 
-def _read_shard(filename, size, strict, bad):
+def _read_shard(filename, size, strict, bad, chunk=64):
     """Records of one shard, each with the shard's name.
 
     The bytes read are added up; at the end of the shard they must equal the
     file's size, else the shard was truncated or corrupt (tf.data logs the
-    reader's error, and the records before the damage are kept).
+    reader's error, and the records before the damage are kept). The sums
+    are taken per chunk of `chunk` records: stages that call a function for
+    every record would cost more than the sums themselves.
     """
     records = tf.data.TFRecordDataset(filename, buffer_size=8 << 20)
-    records = records.ignore_errors(log_warning=True)
-    records = records.map(lambda r: (r, False)).concatenate(
-        tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+    chunks = records.ignore_errors(log_warning=True).batch(chunk)
+    chunks = chunks.map(lambda r: (r, False)).concatenate(
+        tf.data.Dataset.from_tensors((tf.constant([], tf.string), True)))
 
     def add_bytes(consumed, element):
-        record, end = element
-        consumed += tf.cast(tf.strings.length(record), tf.int64) + RECORD_OVERHEAD
-        damaged = tf.logical_and(end, consumed - RECORD_OVERHEAD != size)
-        return consumed, (record, filename, end, damaged)
+        chunk_records, end = element
+        consumed += tf.reduce_sum(tf.cast(tf.strings.length(chunk_records), tf.int64))
+        consumed += RECORD_OVERHEAD * tf.cast(tf.size(chunk_records), tf.int64)
+        damaged = tf.logical_and(end, consumed != size)
+        return consumed, (chunk_records, end, damaged)
 
-    def keep(record, filename, end, damaged):
+    def keep(chunk_records, end, damaged):
         if strict:
             tf.debugging.Assert(tf.logical_not(damaged), [
                 "truncated or corrupt TFRecord shard (re-create it):", filename])
@@ -89,8 +92,9 @@ def _read_shard(filename, size, strict, bad):
             bad.count("damaged_shards", damaged)
         return tf.logical_not(end)
 
-    records = records.scan(tf.constant(0, tf.int64), add_bytes).filter(keep)
-    return records.map(lambda record, filename, end, damaged: (record, filename))
+    chunks = chunks.scan(tf.constant(0, tf.int64), add_bytes).filter(keep)
+    return chunks.map(lambda chunk_records, end, damaged: (
+        chunk_records, tf.fill(tf.shape(chunk_records), filename))).unbatch()
 
 
 def _jpeg_is_whole(jpeg):
@@ -151,12 +155,15 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
             "one; write more shards (the builders' --num_shards)")
     batch_size = context.get_per_replica_batch_size(global_batch_size)
     sizes = [tf.io.gfile.stat(f).length for f in files]
+    stand_in = tf.io.encode_jpeg(tf.zeros([16, 16, 1], tf.uint8))
 
     def decode(index, record, shard):
         """Parse, check and preprocess one record: `(image, label, ok)`.
 
         One parallel map does it all (separate stages cost more than the
-        work); a bad record gets a blank image and `ok = False`.
+        work); a bad record decodes a small blank stand-in instead of its
+        own bytes (cheaper than a `tf.cond` around the work for every
+        record) and gets `ok = False`.
         """
         jpeg, label, boxes = schemas.parse(record, schema, label_offset)
         whole = _jpeg_is_whole(jpeg)
@@ -169,16 +176,13 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
             bad.count("bad_images", tf.logical_not(whole))
             bad.count("bad_labels", tf.logical_and(whole, tf.logical_not(label_ok)))
         ok = tf.logical_and(whole, label_ok)
-        if training:
-            element_seed = None if index is None else tf.stack(
-                [tf.cast(seed, tf.int64), index])
-            make = lambda: preprocessing.train_image(  # noqa: E731
-                jpeg, boxes, image_size, recipe, channels, dtype, element_seed)
-        else:
-            make = lambda: preprocessing.eval_image(  # noqa: E731
-                jpeg, image_size, recipe, channels, dtype)
-        blank = lambda: tf.zeros([image_size, image_size, channels], dtype)  # noqa: E731
-        return tf.cond(ok, make, blank), label, ok
+        jpeg = tf.where(ok, jpeg, stand_in)
+        if not training:
+            return preprocessing.eval_image(jpeg, image_size, recipe, channels, dtype), label, ok
+        element_seed = None if index is None else tf.stack([tf.cast(seed, tf.int64), index])
+        image = preprocessing.train_image(jpeg, boxes, image_size, recipe, channels, dtype,
+                                          element_seed)
+        return image, label, ok
 
     ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
     ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
