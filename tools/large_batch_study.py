@@ -67,29 +67,34 @@ LINEAR_SCALING_BATCH = 256   # the batch size --sgd_rates are given for
 LARS_REFERENCE_BATCH = 1024  # the batch size --lars_trials' rates are given for
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("form", "reduced", list(FORMS), "Batch sizes and length (see FORMS).")
-flags.DEFINE_list("batch_sizes", None, "Large batch sizes (default: the form's).")
-flags.DEFINE_float("epochs", None, "Epoch budget of every run (default: the form's).")
-flags.DEFINE_float("warmup_epochs", None, "Warmup of the large-batch runs (default: the form's).")
-flags.DEFINE_integer("baseline_batch", 256, "Batch size of the small-batch baseline.")
-flags.DEFINE_list("sgd_rates", ["0.05", "0.1", "0.2"],
-                  "SGD trials: rates at batch 256, scaled linearly with the batch.")
-flags.DEFINE_list("lars_trials", ["1:0.02", "2:0.01", "2:0.02"],
-                  "LARS trials LR:ETA: peak rate at batch 1024 (square-root scaled) "
-                  "and trust coefficient. As many as --sgd_rates.")
-flags.DEFINE_integer("seeds", 2, "Seeds of the chosen trials at the largest batch.")
-flags.DEFINE_string("data_dir", "data/fashion_mnist_holdout",
-                    "Shards with a holdout split (built here when missing).")
-flags.DEFINE_integer("holdout", 10_000, "Held-out training images, when building shards.")
-flags.DEFINE_enum("engine", "trainer", ["trainer", "arrays"], "trainer: each run is "
-                  "tf-lars-train on shards; arrays: in memory, any Keras backend.")
-flags.DEFINE_string("idx_dir", None, "Fashion-MNIST's IDX files, for --engine=arrays "
-                    "(default: Debian's folder or $TF_LARS_FASHION_MNIST).")
-flags.DEFINE_string("runs_dir", None, "Where each run's folder goes (default: "
-                    "runs/study, or runs/study-arrays).")
-flags.DEFINE_string("output_dir", "docs/study", "Where the CSV, table and plots go.")
-flags.DEFINE_list("trainer_flags", [], "More flags for every run (e.g. --cpu_devices=2).")
-flags.DEFINE_boolean("dry_run", False, "Print the plan's commands and stop.")
+
+
+def define_flags():
+    """The tool's flags (defined when it runs, not when tests import it)."""
+    flags.DEFINE_enum("form", "reduced", list(FORMS), "Batch sizes and length (see FORMS).")
+    flags.DEFINE_list("batch_sizes", None, "Large batch sizes (default: the form's).")
+    flags.DEFINE_float("epochs", None, "Epoch budget of every run (default: the form's).")
+    flags.DEFINE_float("warmup_epochs", None,
+                       "Warmup of the large-batch runs (default: the form's).")
+    flags.DEFINE_integer("baseline_batch", 256, "Batch size of the small-batch baseline.")
+    flags.DEFINE_list("sgd_rates", ["0.05", "0.1", "0.2"],
+                      "SGD trials: rates at batch 256, scaled linearly with the batch.")
+    flags.DEFINE_list("lars_trials", ["1:0.02", "2:0.01", "2:0.02"],
+                      "LARS trials LR:ETA: peak rate at batch 1024 (square-root scaled) "
+                      "and trust coefficient. As many as --sgd_rates.")
+    flags.DEFINE_integer("seeds", 2, "Seeds of the chosen trials at the largest batch.")
+    flags.DEFINE_string("data_dir", "data/fashion_mnist_holdout",
+                        "Shards with a holdout split (built here when missing).")
+    flags.DEFINE_integer("holdout", 10_000, "Held-out training images, when building shards.")
+    flags.DEFINE_enum("engine", "trainer", ["trainer", "arrays"], "trainer: each run is "
+                      "tf-lars-train on shards; arrays: in memory, any Keras backend.")
+    flags.DEFINE_string("idx_dir", None, "Fashion-MNIST's IDX files, for --engine=arrays "
+                        "(default: Debian's folder or $TF_LARS_FASHION_MNIST).")
+    flags.DEFINE_string("runs_dir", None, "Where each run's folder goes (default: "
+                        "runs/study, or runs/study-arrays).")
+    flags.DEFINE_string("output_dir", "docs/study", "Where the CSV, table and plots go.")
+    flags.DEFINE_list("trainer_flags", [], "More flags for every run (e.g. --cpu_devices=2).")
+    flags.DEFINE_boolean("dry_run", False, "Print the plan's commands and stop.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -559,4 +564,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
