@@ -273,7 +273,10 @@ class InMemory:
     def __init__(self, idx_dir, holdout):
         from tf_lars.data import fashion_mnist
 
-        images, labels = fashion_mnist.load("train", idx_dir)
+        try:
+            images, labels = fashion_mnist.load("train", idx_dir)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"--idx_dir: {e}") from None
         kept, held = fashion_mnist.split_holdout(labels, holdout)  # the builder's draw
         self.splits = {"train": (images[kept], labels[kept]),
                        "holdout": (images[held], labels[held]),
