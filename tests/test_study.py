@@ -1,4 +1,4 @@
-"""tools/large_batch_study.py: its plan and choices, then a tiny real study."""
+"""tools/large_batch_study.py (and study_report.py): plan, choices, table, a tiny real study."""
 
 import csv
 import importlib.util
@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import large_batch_study as study  # noqa: E402
+import study_report  # noqa: E402
 
 
 def test_both_methods_get_the_same_trials_and_their_scaling_rules():
@@ -78,7 +79,7 @@ def test_table_reports_the_chosen_trials_test_accuracy_over_seeds():
                a2: dict(top1=0.5, test_top1=0.86, steps=36),
                worse: dict(top1=0.7, test_top1=0.95, steps=36),
                base: dict(top1=0.92, test_top1=0.91, steps=900)}
-    text = study.table(results, study.choose(results), 256, [8192])
+    text = study_report.table(results, study.choose(results), 256, [8192])
     lines = text.splitlines()
     lars = next(line for line in lines if "LARS" in line)
     assert "lr 3 @1K, eta 0.01" in lars and "| 90.00 |" in lars

@@ -41,17 +41,17 @@ The recipe (flagfile, schedule, optimizer, model) is the trainer's own:
 """
 
 import argparse
-import csv
 import dataclasses
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 from absl import app, flags, logging
+
+from study_report import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,13 +187,6 @@ def check_args(sgd_rates, lars_trials, batch_sizes):
     for b in batch_sizes:
         if not str(b).isdigit() or int(b) < 1:
             raise ValueError(f"--batch_sizes: {b!r} is not a positive integer")
-
-
-def _is_float(text):
-    try:
-        return not math.isnan(float(text))
-    except (TypeError, ValueError):
-        return False
 
 
 def _is_number(text):
@@ -344,163 +337,6 @@ class InMemory:
         model.save(os.path.join(run_dir, "model.keras"))
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-
-
-def history(runs_dir, run):
-    """Per-epoch rows of a run's `history.csv` (as floats)."""
-    path = os.path.join(runs_dir, run.name, "history.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items() if _is_float(v)}
-                for row in csv.DictReader(f)]  # "NA": epochs without evaluation
-
-
-# Reporting.
-
-CSV_FIELDS = ["method", "batch_size", "trial", "learning_rate", "trust_coefficient", "seed",
-              "chosen", "holdout_top1", "test_top1", "test_loss", "steps", "wall_seconds",
-              "images_per_second", "diverged"]
-
-
-def rows(results, chosen):
-    picked = {(r.method, r.batch_size, r.trial) for r in chosen.values()}
-    out = []
-    for run, s in sorted(results.items(), key=lambda kv: (
-            kv[0].batch_size, kv[0].method, kv[0].learning_rate, kv[0].trust_coefficient or 0,
-            kv[0].seed)):
-        out.append(dict(
-            method=run.method, batch_size=run.batch_size, trial=run.trial,
-            learning_rate=run.learning_rate, trust_coefficient=run.trust_coefficient or "",
-            seed=run.seed, chosen=(run.method, run.batch_size, run.trial) in picked,
-            holdout_top1=s and round(s["top1"], 4), test_top1=s and round(s["test_top1"], 4),
-            test_loss=s and round(s["test_loss"], 4), steps=s and s["steps"],
-            wall_seconds=s and round(s["wall_seconds"], 1),
-            images_per_second=s and round(s["images_per_second"]), diverged=s is None))
-    return out
-
-
-def chosen_scores(results, chosen):
-    """`{(method, batch): [test top-1 of each seed of the chosen trial]}`."""
-    scores = {}
-    for key, pick in chosen.items():
-        scores[key] = [s["test_top1"] for r, s in results.items()
-                       if s is not None and (r.method, r.batch_size, r.trial) ==
-                       (pick.method, pick.batch_size, pick.trial)]
-    return scores
-
-
-def _mean(values):
-    text = f"{100 * statistics.mean(values):.2f}"
-    if len(values) > 1:
-        text += f" ± {100 * statistics.stdev(values):.2f} ({len(values)} seeds)"
-    return text
-
-
-def table(results, chosen, baseline_batch, batch_sizes):
-    """The markdown table: the chosen trial of each method at each size."""
-    scores = chosen_scores(results, chosen)
-    lines = ["| batch | method | chosen trial | peak rate | held-out top-1 % | test top-1 % "
-             "| steps |", "|---|---|---|---|---|---|---|"]
-    labels = {"baseline": "momentum SGD (baseline)",
-              "sgd": "momentum SGD + linear scaling + warmup",
-              "lars": "LARS + warmup + poly(2)"}
-    for batch, methods in [(baseline_batch, ["baseline"])] + [(b, ["sgd", "lars"])
-                                                              for b in batch_sizes]:
-        for method in methods:
-            pick = chosen.get((method, batch))
-            if pick is None:
-                lines.append(f"| {batch} | {labels[method]} | every trial diverged | | | | |")
-                continue
-            s = results[pick]
-            trial = (f"lr {pick.trial.split(':')[0]} @1K, eta {pick.trust_coefficient:g}"
-                     if method == "lars" else f"lr {pick.trial} @256")
-            lines.append(f"| {batch} | {labels[method]} | {trial} | {pick.learning_rate:.4g} "
-                         f"| {100 * s['top1']:.2f} | {_mean(scores[(method, batch)])} "
-                         f"| {s['steps']} |")
-    return "\n".join(lines)
-
-
-def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir):
-    """accuracy_vs_batch.png and curves_b<largest>.png; returns their names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    scores = chosen_scores(results, chosen)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, label, style in (("sgd", "momentum SGD, linear scaling + warmup", "o-"),
-                                 ("lars", "LARS, warmup + poly(2)", "s-")):
-        points = [(b, scores[(method, b)]) for b in batch_sizes if (method, b) in scores]
-        if points:
-            xs = [b for b, _ in points]
-            means = [100 * statistics.mean(v) for _, v in points]
-            lows = [m - 100 * min(v) for m, (_, v) in zip(means, points)]
-            highs = [100 * max(v) - m for m, (_, v) in zip(means, points)]
-            ax.errorbar(xs, means, yerr=[lows, highs], fmt=style, capsize=3, label=label)
-    if ("baseline", baseline_batch) in scores:
-        base = 100 * statistics.mean(scores[("baseline", baseline_batch)])
-        ax.axhline(base, color="gray", ls="--",
-                   label=f"momentum SGD at batch {baseline_batch}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(batch_sizes, [f"{b // 1024}K" if b % 1024 == 0 else str(b)
-                                for b in batch_sizes])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title("Fashion-MNIST, ResNet-8, same epoch budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    names = ["accuracy_vs_batch.png"]
-    fig.savefig(os.path.join(output_dir, names[0]), dpi=120)
-    plt.close(fig)
-
-    largest = max(batch_sizes)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for method, color in (("sgd", "C0"), ("lars", "C1"), ("baseline", "gray")):
-        pick = chosen.get((method, largest if method != "baseline" else baseline_batch))
-        if pick is None:
-            continue
-        for run in results:
-            if (run.method, run.batch_size, run.trial) != (pick.method, pick.batch_size,
-                                                           pick.trial):
-                continue
-            epochs = history(runs_dir, run)
-            x = [row["epoch"] + 1 for row in epochs]
-            label = f"{method} b{run.batch_size} seed {run.seed}"
-            ls = "-" if run.seed == 1 else ":"
-            left.plot(x, [row["loss"] for row in epochs], ls, color=color, label=label)
-            evaluated = [(row["epoch"] + 1, 100 * row["val_accuracy"])
-                         for row in epochs if "val_accuracy" in row]
-            if evaluated:
-                right.plot(*zip(*evaluated), ls, color=color, label=label)
-    left.set(xlabel="epoch", ylabel="training loss", yscale="log",
-             title=f"training loss, chosen trials at batch {largest}")
-    right.set(xlabel="epoch", ylabel="held-out top-1 accuracy (%)",
-              title=f"held-out accuracy at batch {largest}")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    names.append(f"curves_b{largest}.png")
-    fig.savefig(os.path.join(output_dir, names[1]), dpi=120)
-    plt.close(fig)
-    return names
-
-
-def report(results, chosen, runs_dir, output_dir, baseline_batch, batch_sizes, header):
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
-        out = csv.DictWriter(f, CSV_FIELDS)
-        out.writeheader()
-        out.writerows(rows(results, chosen))
-    text = table(results, chosen, baseline_batch, batch_sizes)
-    names = plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir)
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(header + "\n\n" + text + "\n\n" +
-                "\n".join(f"![{n}]({n})" for n in names) + "\n")
-    return text
 
 
 def keras_backend():
