@@ -246,8 +246,11 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     start = start.get_weights()
     chief = weights_of(tmp_path / "multi" / "model.keras")
     alone = weights_of(tmp_path / "single" / "model.keras")
+    # Usually equal to 3e-7; one run in several dozen has differed by up to
+    # 5e-4 (against about 1 of training movement). A missing or doubled
+    # all-reduce moves the weights by orders of magnitude more.
     for a, c, s in zip(chief, alone, start):
-        np.testing.assert_allclose(a, c, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(a, c, atol=1e-3, rtol=1e-3)
     assert max(np.abs(a - s).max() for a, s in zip(chief, start)) > 1e-3  # it trained
     # The chief's files, and nothing of the other worker's, are in --model_dir.
     assert sorted(os.listdir(tmp_path / "multi")) == sorted(os.listdir(tmp_path / "single"))
