@@ -27,17 +27,6 @@ train_flags.define()
 FLAGS = flags.FLAGS
 
 
-def build_model(data):
-    from tf_lars import models
-
-    kwargs = dict(num_classes=data.num_classes, image_size=data.image_size,
-                  channels=data.channels, input_dtype="uint8",
-                  mean=data.norm[0], std=data.norm[1])
-    if FLAGS.model != "alexnet_bn":
-        kwargs["zero_init_residual"] = FLAGS.zero_init_residual
-    return models.build(FLAGS.model, **kwargs)
-
-
 def load_initial_weights(model, path):
     import keras
 
@@ -84,16 +73,11 @@ def setup():
         keras.config.set_dtype_policy(FLAGS.mixed_precision)
     bad_records = pipeline.BadRecords()  # Outside the scope: a host variable.
     with strategy.scope():
-        model = build_model(data)
+        model = recipe.model(FLAGS, data)
         if FLAGS.init_weights:
             load_initial_weights(model, FLAGS.init_weights)
-        model.compile(
-            optimizer=recipe.optimizer(d, FLAGS),
-            loss=keras.losses.CategoricalCrossentropy(
-                from_logits=True, label_smoothing=FLAGS.label_smoothing),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                     keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
-            jit_compile=FLAGS.jit_compile, steps_per_execution=FLAGS.steps_per_execution)
+        model.compile(**recipe.compile_args(d, FLAGS), jit_compile=FLAGS.jit_compile,
+                      steps_per_execution=FLAGS.steps_per_execution)
     # Each worker's pipeline is built here, so too few shards fail before training.
     train_ds = strategy.distribute_datasets_from_function(
         inputs.dataset_fn(data, FLAGS.batch_size, True, bad_records))

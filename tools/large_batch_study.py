@@ -227,30 +227,34 @@ def command(run, run_dir, data_dir, info, epochs, warmup_epochs, extra):
             *run.flags(epochs, warmup_epochs), *extra]
 
 
+def run_trainer(run, run_dir, data_dir, info, epochs, warmup_epochs, extra):
+    """--engine=trainer: one run of `tf-lars-train`, its output in `train.log`."""
+    cmd = command(run, run_dir, data_dir, info, epochs, warmup_epochs, extra)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "train.log"), "w") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), cwd=ROOT)
+    with open(os.path.join(run_dir, "train.log")) as log:
+        tail = log.read()[-2000:]
+    if code and "training stopped:" in tail:  # NaN loss: a result, not an error.
+        with open(os.path.join(run_dir, "diverged.txt"), "w") as f:
+            f.write(tail.split("training stopped:")[-1].strip() + "\n")
+    elif code:
+        raise RuntimeError(f"run {run.name} failed (exit {code}); its log, "
+                           f"{run_dir}/train.log, ends:\n{tail}")
+
+
 def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra, in_memory=None):
     """Runs one training (unless done before); its summary, or None if it diverged."""
     run_dir = os.path.join(runs_dir, run.name)
     summary_path = os.path.join(run_dir, "summary.json")
     diverged_path = os.path.join(run_dir, "diverged.txt")
-    if in_memory and not os.path.exists(summary_path) and not os.path.exists(diverged_path):
+    if not os.path.exists(summary_path) and not os.path.exists(diverged_path):
         start = time.time()
-        in_memory(run, run_dir, epochs, warmup_epochs, extra)
-        logging.info("%s: %.0f s", run.name, time.time() - start)
-    elif not os.path.exists(summary_path) and not os.path.exists(diverged_path):
-        cmd = command(run, run_dir, data_dir, info, epochs, warmup_epochs, extra)
-        os.makedirs(run_dir, exist_ok=True)
-        start = time.time()
-        with open(os.path.join(run_dir, "train.log"), "w") as log:
-            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), cwd=ROOT)
-        with open(os.path.join(run_dir, "train.log")) as log:
-            tail = log.read()[-2000:]
-        if code and "training stopped:" in tail:  # NaN loss: a result, not an error.
-            with open(diverged_path, "w") as f:
-                f.write(tail.split("training stopped:")[-1].strip() + "\n")
-        elif code:
-            raise RuntimeError(f"run {run.name} failed (exit {code}); its log, "
-                               f"{run_dir}/train.log, ends:\n{tail}")
+        if in_memory:
+            in_memory(run, run_dir, epochs, warmup_epochs, extra)
+        else:
+            run_trainer(run, run_dir, data_dir, info, epochs, warmup_epochs, extra)
         logging.info("%s: %.0f s", run.name, time.time() - start)
     if os.path.exists(diverged_path):
         return None
@@ -261,7 +265,9 @@ def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra, in_memo
 class InMemory:
     """--engine=arrays: Fashion-MNIST in memory, each run in this process."""
 
-    NORM = (127.5,), (127.5,)  # mean, std of the `small` preset the shards use
+    # Sizes, and the `small` preset's mean and std (the shards' preset).
+    DATA = argparse.Namespace(data_format="fashion_mnist", num_classes=10, image_size=28,
+                              channels=1, norm=((127.5,), (127.5,)))
 
     def __init__(self, idx_dir, holdout):
         from tf_lars.data import fashion_mnist
@@ -283,7 +289,6 @@ class InMemory:
 
         import keras
         import tf_lars  # noqa: F401 (registers LARS and the schedules)
-        from tf_lars import models
         from tf_lars.data import arrays
         from tf_lars.training import flagfiles, recipe
         from tf_lars.training import flags as train_flags
@@ -293,22 +298,16 @@ class InMemory:
         counts = self.info["examples"]
         cfg(flagfiles.expand(["study", *command(run, run_dir, "", self.info, epochs,
                                                 warmup_epochs, extra)[3:]]))
-        data = argparse.Namespace(train_examples=counts["train"], data_format="fashion_mnist",
+        data = argparse.Namespace(**vars(self.DATA), train_examples=counts["train"],
                                   eval_examples=counts["holdout"])
         d = recipe.derive(cfg, data, 1)
         keras.backend.clear_session()  # (it resets the dtype policy: set it after)
         keras.utils.set_random_seed(run.seed)
         if cfg.mixed_precision != "none":
             keras.config.set_dtype_policy(cfg.mixed_precision)
-        model = models.build(cfg.model, num_classes=10, image_size=28, channels=1,
-                             input_dtype="uint8", mean=self.NORM[0], std=self.NORM[1],
-                             zero_init_residual=cfg.zero_init_residual)
+        model = recipe.model(cfg, data)
         trained = arrays.with_augmentation(model, seed=run.seed)
-        trained.compile(optimizer=recipe.optimizer(d, cfg),
-                        loss=keras.losses.CategoricalCrossentropy(
-                            from_logits=True, label_smoothing=cfg.label_smoothing),
-                        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                                 keras.metrics.TopKCategoricalAccuracy(5, name="top5")])
+        trained.compile(**recipe.compile_args(d, cfg))
 
         def batches(split, training):
             images, labels = self.splits[split]
@@ -326,7 +325,8 @@ class InMemory:
             with open(os.path.join(run_dir, "diverged.txt"), "w") as f:
                 f.write("loss is NaN\n")
             return
-        held = trained.evaluate(batches("holdout", False), return_dict=True, verbose=0)
+        # The last epoch's evaluation is the final model's: not run again.
+        held = {k: fitted.history[f"val_{k}"][-1] for k in ("accuracy", "top5", "loss")}
         test = trained.evaluate(batches("validation", False), return_dict=True, verbose=0)
         steps = int(keras.ops.convert_to_numpy(trained.optimizer.iterations))
         summary = dict(top1=held["accuracy"], top5=held["top5"], loss=held["loss"], steps=steps,

@@ -1,8 +1,9 @@
-"""The training recipe: steps, schedule and optimizer from the run's settings.
+"""The training recipe: steps, schedule, optimizer and model from the run's settings.
 
 `cfg` is anything with the training flags as attributes: absl's FLAGS in
 `tf-lars-train`, a namespace elsewhere (tools/large_batch_study.py's
-in-memory engine), so both build exactly the same schedule and optimizer.
+in-memory engine), so both build exactly the same model and optimizer.
+`data` is anything with the data's sizes as attributes (a `DataSpec`).
 """
 
 def derive(cfg, data, num_replicas):
@@ -75,3 +76,26 @@ def optimizer(d, cfg):
         return LARS(exclude_from_layer_adaptation=[""], name="sgd", **kwargs)
     return LARS(trust_coefficient=cfg.trust_coefficient, trust_ratio=cfg.trust_ratio,
                 track_trust_ratios=cfg.log_trust_ratios, **kwargs)
+
+
+def compile_args(d, cfg):
+    """`model.compile`'s optimizer, loss (on logits) and metrics (top-1, top-5)."""
+    import keras
+
+    return dict(optimizer=optimizer(d, cfg),
+                loss=keras.losses.CategoricalCrossentropy(
+                    from_logits=True, label_smoothing=cfg.label_smoothing),
+                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                         keras.metrics.TopKCategoricalAccuracy(5, name="top5")])
+
+
+def model(cfg, data):
+    """`cfg.model` for `data`'s images, taking uint8 pixels it normalizes itself."""
+    from tf_lars import models
+
+    kwargs = dict(num_classes=data.num_classes, image_size=data.image_size,
+                  channels=data.channels, input_dtype="uint8",
+                  mean=data.norm[0], std=data.norm[1])
+    if cfg.model != "alexnet_bn":
+        kwargs["zero_init_residual"] = cfg.zero_init_residual
+    return models.build(cfg.model, **kwargs)
