@@ -99,6 +99,7 @@ def test_flagfile_by_path_and_errors(tmp_path):
     (["--data_format=imagenet"], "--data_dir is needed"),
     (None, "give the run's length: --epochs or --train_steps"),
     (["--channels=1", "--preset=tpu"], "--preset=tpu normalizes 3 channels, not --channels=1"),
+    (["--precise_bn_images=-5"], "--precise_bn_images=-5 is negative"),
 ])
 def test_bad_flags_fail_with_one_clear_line(tmp_path, args, message):
     length = [] if args is None else ["--epochs=1"]
@@ -162,6 +163,45 @@ def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
                      ("train", "lars/weight_norm/logits/kernel"),
                      ("train", "lars/grad_norm/logits/kernel")]:
         assert expected in tags, sorted(tags)
+
+
+def synthetic_images(count, size, seed):
+    """The synthetic stream's first `count` images (its definition, restated)."""
+    import tensorflow as tf
+
+    return np.stack([tf.random.stateless_uniform([size, size, 3], [seed, i], 0, 256,
+                                                 tf.int32).numpy() for i in range(count)])
+
+
+def stem_statistics(model, images):
+    """Mean and variance of the stem BatchNorm's input, by numpy (3x3 conv, zero pad)."""
+    from tf_lars.data import preprocessing
+
+    preset = preprocessing.get_preset("tpu")
+    x = (images - np.asarray(preset.mean)) / np.asarray(preset.std)
+    x = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+    kernel = model.get_layer("stem_conv").get_weights()[0].astype(np.float64)
+    size = images.shape[1]
+    out = sum(x[:, i:i + size, j:j + size] @ kernel[i, j] for i in range(3) for j in range(3))
+    flat = out.reshape(-1, out.shape[-1])
+    return flat.mean(0), flat.var(0)
+
+
+def test_precise_bn_writes_the_training_images_statistics(tmp_path):
+    # Two replicas; 64 images are 4 global batches of 16: the stream's images 0..63.
+    result = train(*TINY, f"--model_dir={tmp_path}", "--epochs=2", "--strategy=mirrored",
+                   "--cpu_devices=2", "--precise_bn_images=64")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    mean, var = stem_statistics(model, synthetic_images(64, 16, seed=3))
+    bn = model.get_layer("stem_bn")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), mean, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), var, rtol=1e-3, atol=1e-3)
+    # The final figures are the last validation's, made with these statistics.
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    last = dict(zip(history[0].split(","), history[-1].split(",")))
+    assert summary["top1"] == pytest.approx(float(last["val_accuracy"]))
 
 
 def test_nan_loss_stops_with_likely_causes(tmp_path):

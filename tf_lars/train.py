@@ -84,7 +84,20 @@ def setup():
     eval_ds, test_ds = (strategy.distribute_datasets_from_function(
         inputs.dataset_fn(data, d["eval_batch"], False, bad_records, split))
         if split else None for split in (FLAGS.eval_split, FLAGS.test_split))
-    return strategy, chief, data, d, model, train_ds, (eval_ds, test_ds), bad_records
+    precise = None
+    if d["precise_bn_steps"]:
+        from tf_lars.training import precise_bn
+
+        # A pipeline and counter of its own: its records are not counted twice.
+        bn_ds = strategy.distribute_datasets_from_function(
+            inputs.dataset_fn(data, FLAGS.batch_size, True, pipeline.BadRecords()))
+        try:
+            with strategy.scope():
+                precise = precise_bn.PreciseBN(model, bn_ds, d["precise_bn_steps"])
+        except ValueError as e:
+            raise ValueError(f"--precise_bn_images: {e}; use 0 for --model={FLAGS.model}") \
+                from None
+    return strategy, chief, data, d, model, train_ds, (eval_ds, test_ds), bad_records, precise
 
 
 def callbacks_for(chief, bad_records, d):
@@ -122,10 +135,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        strategy, chief, data, d, model, train_ds, (eval_ds, test_ds), bad = setup()
+        strategy, chief, data, d, model, train_ds, (eval_ds, test_ds), bad, precise = setup()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"tf-lars-train: error: {e}")
     callbacks, nan, backup, out = callbacks_for(chief, bad, d)
+    # PreciseBN recomputes BatchNorm statistics when an evaluation begins.
+    at_eval = [precise] if precise else []
     os.makedirs(out, exist_ok=True)
     if chief:
         save_config(out, d, data)
@@ -140,11 +155,17 @@ def main(argv):
         train_ds, epochs=d["epochs"], steps_per_epoch=d["steps_per_epoch"],
         validation_data=eval_ds if FLAGS.eval_every_epochs else None,
         validation_steps=d["eval_steps"], validation_freq=max(1, FLAGS.eval_every_epochs),
-        callbacks=callbacks, verbose=FLAGS.verbose, shuffle=False)  # tf.data shuffles
+        callbacks=callbacks + at_eval, verbose=FLAGS.verbose, shuffle=False)  # tf.data shuffles
     seconds = time.time() - start
     if nan.message:
         sys.exit(f"tf-lars-train: training stopped: {nan.message}")
-    results = model.evaluate(eval_ds, steps=d["eval_steps"], return_dict=True, verbose=0)
+    freq = FLAGS.eval_every_epochs
+    if freq and history.epoch and (history.epoch[-1] + 1) % freq == 0:
+        # The last epoch was validated: the final model's figures are those.
+        results = {k: history.history[f"val_{k}"][-1] for k in ("accuracy", "top5", "loss")}
+    else:
+        results = model.evaluate(eval_ds, steps=d["eval_steps"], return_dict=True, verbose=0,
+                                 callbacks=at_eval)
     steps = int(model.optimizer.iterations.numpy())
     trained = steps - (backup.resumed_from_epoch or 0) * d["steps_per_epoch"]
     summary = dict(top1=results["accuracy"], top5=results["top5"], loss=results["loss"],

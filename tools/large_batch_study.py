@@ -1,7 +1,7 @@
 """The large-batch study: LARS against momentum SGD with the linear scaling
 rule, on Fashion-MNIST, at a fixed epoch budget.
 
-    python tools/large_batch_study.py                # reduced form (2 CPU cores: 35-45 min)
+    python tools/large_batch_study.py                # reduced form (2 CPU cores: about 30 min)
     python tools/large_batch_study.py --form=full    # every batch size, longer runs
 
 Every run is the real training program (`python -m tf_lars.train`) with the
@@ -33,7 +33,8 @@ interrupted study continues where it stopped.
 without TensorFlow (the JAX backend on a GPU machine): the IDX files are
 read into memory (--idx_dir), split with the same class-balanced held-out
 draw as the shards, fed by `tf_lars.data.arrays.Batches`, and augmented on
-the device by Keras layers (close to, not the same as, the shards' crops).
+the device by Keras layers (close to, not the same as, the shards' crops);
+PreciseBN pools its statistics over training images without augmentation.
 The recipe (flagfile, schedule, optimizer, model) is the trainer's own:
 
     KERAS_BACKEND=jax python tools/large_batch_study.py --form=full --engine=arrays \
@@ -56,8 +57,8 @@ from study_report import report
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FORMS = {
-    # Two large batches, 4 epochs, 3 trials per point: 17 runs.
-    "reduced": dict(batch_sizes=[1024, 4096], epochs=4, warmup_epochs=1.0),
+    # Two large batches, 3 epochs, 3 trials per point: 17 runs.
+    "reduced": dict(batch_sizes=[1024, 4096], epochs=3, warmup_epochs=0.75),
     # Every size of the paper's range, 30 epochs, 4 trials per point: 46 runs.
     "full": dict(batch_sizes=[1024, 2048, 4096, 8192, 16384], epochs=30, warmup_epochs=5.0,
                  sgd_rates=["0.05", "0.1", "0.2", "0.4"],
@@ -290,7 +291,7 @@ class InMemory:
         import keras
         import tf_lars  # noqa: F401 (registers LARS and the schedules)
         from tf_lars.data import arrays
-        from tf_lars.training import flagfiles, recipe
+        from tf_lars.training import flagfiles, precise_bn, recipe
         from tf_lars.training import flags as train_flags
 
         cfg = absl_flags.FlagValues()
@@ -314,12 +315,17 @@ class InMemory:
             return arrays.Batches(images, labels, cfg.batch_size if training else d["eval_batch"],
                                   10, training, seed=run.seed)
 
+        callbacks = [keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
+                     keras.callbacks.TerminateOnNaN()]
+        if d["precise_bn_steps"]:  # On training images without augmentation.
+            pooled = batches("train", True)
+            callbacks.append(precise_bn.PreciseBN(
+                model, pooled, min(d["precise_bn_steps"], len(pooled))))
         os.makedirs(run_dir, exist_ok=True)
         start = time.time()
         fitted = trained.fit(
             batches("train", True), epochs=d["epochs"], validation_data=batches("holdout", False),
-            verbose=0, callbacks=[keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
-                                  keras.callbacks.TerminateOnNaN()])
+            verbose=0, callbacks=callbacks)
         seconds = time.time() - start
         if not np.all(np.isfinite(fitted.history["loss"])):
             with open(os.path.join(run_dir, "diverged.txt"), "w") as f:

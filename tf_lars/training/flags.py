@@ -108,5 +108,8 @@ def define(flag_values=flags.FLAGS):
                     "temporary folder).")
     d.DEFINE_boolean("log_trust_ratios", False, "Log LARS's per-layer trust ratios.")
     d.DEFINE_integer("log_every_steps", 10, "Steps between step-level TensorBoard logs.")
+    d.DEFINE_integer("precise_bn_images", 0, "Before each evaluation, recompute "
+                     "BatchNorm's moving mean and variance from this many training images "
+                     "with the current weights (PreciseBN; 0: keep the moving averages).")
     d.DEFINE_integer("eval_every_epochs", 1, "Evaluate every N epochs (0: only at the end).")
     d.DEFINE_integer("verbose", 2, "Keras progress: 0 silent, 1 bar, 2 a line an epoch.")
