@@ -52,7 +52,9 @@ def reference(model, x, batch):
     return [(np.concatenate(h).mean(0), np.concatenate(h).var(0)) for h in (h1s, h2s)]
 
 
-def test_recompute_matches_numpy_population_statistics():
+@pytest.mark.parametrize("policy,tolerance", [("float32", 1e-4), ("mixed_bfloat16", 3e-2)])
+def test_recompute_matches_numpy_population_statistics(policy, tolerance):
+    keras.config.set_dtype_policy(policy)
     rng = np.random.default_rng(0)
     model = two_bn_model()
     # Non-trivial gamma/beta, so the second layer's input depends on them.
@@ -65,10 +67,11 @@ def test_recompute_matches_numpy_population_statistics():
     callback.recompute()
     for name, (mean, var) in zip(("bn1", "bn2"), reference(model, x, 24)):
         layer = model.get_layer(name)
+        assert layer.moving_mean.dtype == "float32"
         np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), mean,
-                                   rtol=1e-4, atol=1e-4)
+                                   rtol=tolerance, atol=tolerance)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), var,
-                                   rtol=1e-4, atol=1e-4)
+                                   rtol=tolerance, atol=tolerance)
 
 
 def test_pool_is_the_law_of_total_variance():
