@@ -99,7 +99,7 @@ def test_bad_trials_are_named():
 
 TINY = ["--baseline_batch=20", "--batch_sizes=100", "--sgd_rates=0.1", "--lars_trials=1:0.01",
         "--seeds=2", "--epochs=3", "--warmup_epochs=1",
-        "--trainer_flags=--eval_batch_size=20,--shuffle_buffer=100"]
+        "--trainer_flags=--eval_batch_size=20,--shuffle_buffer=100,--precise_bn_images=200"]
 
 
 def run_study(*args, timeout=600, **env):
@@ -123,6 +123,7 @@ def check_study(docs, runs):
     results = (docs / "results.md").read_text()
     assert "200 training images" in results and "60 held-out" in results
     assert "40 test images" in results and results.count("| 100 |") == 2
+    assert "BatchNorm statistics recomputed from 200 training images" in results
     for name in ("accuracy_vs_batch.png", "curves_b100.png"):
         png = (docs / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
