@@ -254,7 +254,8 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     start = tf_lars.models.build("resnet8", num_classes=4, image_size=16, input_dtype="uint8",
                                  mean=preprocessing.TPU.mean, std=preprocessing.TPU.std)
     start.save_weights(tmp_path / "start.weights.h5")
-    common = [*TINY, "--train_steps=6", "--eval_every_epochs=0",
+    # PreciseBN at the end pools both workers' batches (predict gathers them).
+    common = [*TINY, "--train_steps=6", "--eval_every_epochs=0", "--precise_bn_images=32",
               f"--init_weights={tmp_path / 'start.weights.h5'}"]
     single = train(*common, "--strategy=mirrored", "--cpu_devices=2",
                    f"--model_dir={tmp_path / 'single'}")
@@ -282,12 +283,12 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
         with open(tmp_path / run / "summary.json") as f:
             assert json.load(f)["steps"] == 6
 
-    # The trained weights are all-reduced: the same on both workers.
-    for a, b in zip(weights_of(tmp_path / "multi" / "model.keras", trainable_only=True),
-                    weights_of(tmp_path / "scratch1" / "model.keras", trainable_only=True)):
+    # The trained weights are all-reduced, and the recomputed BatchNorm
+    # statistics pooled from both workers: all the same on both workers.
+    for a, b in zip(weights_of(tmp_path / "multi" / "model.keras"),
+                    weights_of(tmp_path / "scratch1" / "model.keras")):
         np.testing.assert_array_equal(a, b)
-    # All weights, BatchNorm's moving statistics too (each replica keeps its
-    # own, as on TPUs), equal those of the one-process run's first replica.
+    # All weights, BatchNorm's statistics too, equal the one-process run's.
     start = start.get_weights()
     chief = weights_of(tmp_path / "multi" / "model.keras")
     alone = weights_of(tmp_path / "single" / "model.keras")
