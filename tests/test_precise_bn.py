@@ -110,6 +110,11 @@ def test_frozen_and_missing_batch_norm():
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="no trainable BatchNorm"):
         precise_bn.PreciseBN(plain, np.zeros((4, 3), "float32"), steps=1)
+    shared_bn = keras.layers.BatchNormalization(name="shared")
+    inputs = keras.Input((3,))
+    twice = keras.Model(inputs, shared_bn(keras.layers.Dense(3)(shared_bn(inputs))))
+    with pytest.raises(ValueError, match="'shared' is called 2 times"):
+        precise_bn.PreciseBN(twice, np.zeros((4, 3), "float32"), steps=1)
     with pytest.raises(ValueError, match="steps must be at least 1"):
         precise_bn.PreciseBN(model, np.zeros((4, 5), "float32"), steps=0)
 

@@ -17,8 +17,6 @@ each replica's batch counts as one batch, and `predict` gathers them from
 every worker, so all workers write the same values.
 """
 
-import math
-
 import numpy as np
 
 import keras
@@ -59,10 +57,13 @@ def batch_norm_layers(model):
     layers = [layer for layer in model.layers
               if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
     for layer in layers:
-        if len(layer._inbound_nodes) != 1 or layer.renorm:
+        if len(layer._inbound_nodes) != 1:
             raise ValueError(f"PreciseBN: BatchNorm layer {layer.name!r} is called "
-                             f"{len(layer._inbound_nodes)} times or uses renorm; "
-                             "only once-called, plain BatchNorm layers are supported")
+                             f"{len(layer._inbound_nodes)} times; only layers called once "
+                             "are supported")
+        if layer.renorm:
+            raise ValueError(f"PreciseBN: BatchNorm layer {layer.name!r} uses renorm, "
+                             "which keeps other statistics; it is not supported")
     return layers
 
 
@@ -118,8 +119,3 @@ class PreciseBN(keras.callbacks.Callback):
         if step is None or step != self._done_at:
             self.recompute()
             self._done_at = step
-
-
-def steps_for(images, batch_size):
-    """Batches of `batch_size` that cover `images` images (0: none)."""
-    return math.ceil(images / batch_size) if images else 0
