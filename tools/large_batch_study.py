@@ -1,7 +1,7 @@
 """The large-batch study: LARS against momentum SGD with the linear scaling
 rule, on Fashion-MNIST, at a fixed epoch budget.
 
-    python tools/large_batch_study.py                # reduced form (2 CPU cores: about 30 min)
+    python tools/large_batch_study.py                # reduced form (2 CPU cores: 30-40 min)
     python tools/large_batch_study.py --form=full    # every batch size, longer runs
 
 Every run is the real training program (`python -m tf_lars.train`) with the

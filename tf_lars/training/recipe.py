@@ -45,7 +45,8 @@ def derive(cfg, data, num_replicas):
                          "give a number of training images, or 0 to keep the moving averages")
     # Whole training batches that cover --precise_bn_images.
     precise_bn_steps = -(-cfg.precise_bn_images // batch)
-    return dict(test_steps=test_steps, precise_bn_steps=precise_bn_steps, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+    return dict(test_steps=test_steps, precise_bn_steps=precise_bn_steps,
+                steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                 epochs=-(-total_steps // steps_per_epoch), peak_learning_rate=peak,
                 warmup_steps=warmup_steps, eval_steps=eval_steps, eval_batch=eval_batch,
                 replicas=num_replicas, per_replica_batch=batch // num_replicas)
