@@ -1,4 +1,4 @@
-"""The optimizer, schedule and in-memory data suites again, under the JAX backend.
+"""The optimizer, schedule, in-memory data and benchmark suites again, under JAX.
 
 Keras fixes its backend at import, so the suites run in a subprocess with
 KERAS_BACKEND=jax. Skips when JAX is not installed (pip install "jax[cpu]").
@@ -19,7 +19,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_optimizer_and_schedules_under_jax():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     suites = [os.path.join(HERE, f) for f in ("test_optimizer.py", "test_schedules.py",
-                                                       "test_arrays.py", "test_precise_bn.py")]
+                                                       "test_arrays.py", "test_precise_bn.py",
+                                                       "test_benchmarks.py")]
     result = subprocess.run(
         # Tests named *tf_distribute* need TensorFlow: left out here, not skipped.
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

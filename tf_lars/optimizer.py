@@ -249,7 +249,8 @@ class LARS(keras.optimizers.Optimizer):
         if self._adapted[index]:
             w_norm = _norm(variable)
             grad_norm = _norm(grad)
-            g_norm = _norm(g) if wd else grad_norm
+            # ||grad + wd*w|| only where the ratio uses it (an extra pass).
+            g_norm = _norm(g) if wd and self.trust_ratio != "paper" else grad_norm
             ratio = self._ratio(w_norm, grad_norm, g_norm, wd, learning_rate)
             scaled_lr = learning_rate * ratio
             if self.track_trust_ratios:

@@ -1,0 +1,50 @@
+"""The optimizer benchmark, run end to end as the command-line tool it is.
+
+Its timings are not checked (speed is never a test's business here); what is
+checked is that it runs on the current backend and that the figures it derives
+(parameter counts, the update's byte floor) agree with a count made here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import keras
+import tf_lars
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_optimizer_benchmark_runs_and_counts_the_bytes(tmp_path):
+    out = tmp_path / "result.json"
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark_optimizer.py"),
+         "--model=resnet8", "--image_size=28", "--batch_size=8", "--steps=2", "--repeats=1",
+         "--update_repeats=2", f"--out={out}"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| training step via fit (ms) |" in result.stdout
+    r = json.loads(out.read_text())
+
+    model = tf_lars.models.build("resnet8", num_classes=10, image_size=28, channels=1)
+    shapes = [tuple(v.shape) for v in model.trainable_variables]
+    params = sum(int(np.prod(s)) for s in shapes)
+    adapted = [s for s in shapes if len(s) > 1]  # kernels: LARS adapts them
+    assert r["params"] == params
+    assert r["adapted_tensors"] == len(adapted)
+    assert r["backend"] == keras.backend.backend()
+
+    bandwidth = r["stream_bandwidth_GBps"] * 1e9
+    assert np.isfinite(bandwidth) and bandwidth > 0
+    # SGD with momentum reads w, g, v and writes w, v (4 bytes each); LARS
+    # reads every adapted w and g once more for the norms.
+    sgd_ms = 20 * params / bandwidth * 1e3
+    extra_ms = 8 * sum(int(np.prod(s)) for s in adapted) / bandwidth * 1e3
+    assert np.isclose(r["update_floor_ms"]["sgd"], sgd_ms, rtol=1e-9)
+    assert np.isclose(r["update_floor_ms"]["lars"], sgd_ms + extra_ms, rtol=1e-9)
+    for kind in ("fit_step_ms", "fit_step_min_ms", "update_ms"):
+        assert all(r[kind][name] > 0 for name in ("sgd", "lars"))
