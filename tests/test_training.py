@@ -239,6 +239,31 @@ def test_killed_run_resumes_with_the_same_step_count(tmp_path):
     assert summary["epochs_run"] == 6 - summary["resumed_from_epoch"]
 
 
+def test_rerun_keeps_a_finished_run_and_refuses_other_flags(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, f"--model_dir={out}", "--epochs=1", "--train_examples=32",
+            "--eval_every_epochs=0"]
+    first = train(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = (out / "summary.json").read_bytes()
+    model = (out / "model.keras").read_bytes()
+    # The same command again (more logging is allowed): nothing is trained
+    # and nothing the first run wrote is replaced.
+    again = train(*args, "--log_every_steps=2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already finished (2 steps)" in again.stdout
+    assert (out / "summary.json").read_bytes() == summary
+    assert (out / "model.keras").read_bytes() == model
+    # Other training flags in the same folder: one line, before any training.
+    other = train(*args, "--learning_rate=0.25")
+    assert other.returncode != 0
+    assert last_line(other) == (
+        f"tf-lars-train: error: --model_dir {out} holds a run to resume that was started "
+        "with --learning_rate=0.5, not 0.25: resume it with the same flags, or give a new "
+        "--model_dir")
+    assert (out / "summary.json").read_bytes() == summary
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

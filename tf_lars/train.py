@@ -47,7 +47,7 @@ def setup():
     import keras
 
     from tf_lars.data import pipeline
-    from tf_lars.training import inputs, keras_mwms, recipe, strategy as strategies
+    from tf_lars.training import checkpoints, inputs, keras_mwms, recipe, strategy as strategies
 
     if FLAGS.strategy == "multi_worker_mirrored" or os.environ.get("TF_CONFIG"):
         keras_mwms.apply()
@@ -56,6 +56,8 @@ def setup():
     chief = strategies.is_chief(strategy)
     if chief and not FLAGS.model_dir:
         raise ValueError("--model_dir is needed: where logs, checkpoints and the model go")
+    if FLAGS.model_dir:
+        checkpoints.check_resume(FLAGS.model_dir, flag_values())
     data = inputs.spec(
         FLAGS.data_format, FLAGS.data_dir, image_size=FLAGS.image_size,
         channels=FLAGS.channels, num_classes=FLAGS.num_classes, preset=FLAGS.preset,
@@ -123,12 +125,16 @@ def callbacks_for(chief, bad_records, d):
     return callbacks, nan, backup, out
 
 
+def flag_values():
+    """`{name: value}` of every training flag."""
+    return {f.name: f.value for f in FLAGS.flags_by_module_dict().get(train_flags.__name__, [])}
+
+
 def save_config(out, d, data):
     """The final value of every training flag, and what was derived from them."""
-    values = {f.name: f.value
-              for f in FLAGS.flags_by_module_dict().get(train_flags.__name__, [])}
     with open(os.path.join(out, "flags.json"), "w") as f:
-        json.dump({"flags": values, "derived": d, "data": vars(data)}, f, indent=2, default=str)
+        json.dump({"flags": flag_values(), "derived": d, "data": vars(data)}, f, indent=2,
+                  default=str)
 
 
 def main(argv):
@@ -159,6 +165,11 @@ def main(argv):
     seconds = time.time() - start
     if nan.message:
         sys.exit(f"tf-lars-train: training stopped: {nan.message}")
+    if backup.resumed_from_epoch is not None and not history.epoch:
+        print(f"tf-lars-train: --model_dir {out} holds this run, already finished "
+              f"({backup.resumed_at_step} steps); its model and summary are kept. "
+              "Give a new --model_dir to train again.")
+        return
     freq = FLAGS.eval_every_epochs
     if freq and history.epoch and (history.epoch[-1] + 1) % freq == 0:
         # The last epoch was validated: the final model's figures are those.
@@ -167,7 +178,7 @@ def main(argv):
         results = model.evaluate(eval_ds, steps=d["eval_steps"], return_dict=True, verbose=0,
                                  callbacks=at_eval)
     steps = int(model.optimizer.iterations.numpy())
-    trained = steps - (backup.resumed_from_epoch or 0) * d["steps_per_epoch"]
+    trained = steps - backup.resumed_at_step
     summary = dict(top1=results["accuracy"], top5=results["top5"], loss=results["loss"],
                    steps=steps, resumed_from_epoch=backup.resumed_from_epoch,
                    wall_seconds=seconds, images_per_second=trained * FLAGS.batch_size / seconds,
