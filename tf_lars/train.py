@@ -51,6 +51,10 @@ def setup():
 
     if FLAGS.strategy == "multi_worker_mirrored" or os.environ.get("TF_CONFIG"):
         keras_mwms.apply()
+    if FLAGS.deterministic:
+        if FLAGS.seed is None:
+            raise ValueError("--deterministic needs --seed: give both, e.g. --seed=1")
+        strategies.make_deterministic()
     strategies.split_cpu(FLAGS.cpu_devices)
     strategy = strategies.make(FLAGS.strategy, FLAGS.tpu, FLAGS.collective_communication)
     chief = strategies.is_chief(strategy)
@@ -154,6 +158,12 @@ def main(argv):
                  "%d warmup), peak learning rate %.4g", d["replicas"], FLAGS.batch_size,
                  d["per_replica_batch"], d["total_steps"], d["steps_per_epoch"],
                  d["warmup_steps"], d["peak_learning_rate"])
+    evaluated = d["eval_steps"] * d["eval_batch"]
+    if evaluated != data.eval_examples:
+        logging.warning("evaluation runs whole batches of --eval_batch_size=%d: %d images, "
+                        "not --eval_examples=%d (past the split's end its first images "
+                        "count again); a batch size that divides it evaluates it exactly",
+                        d["eval_batch"], evaluated, data.eval_examples)
     start = time.time()
     # steps_per_epoch is always given: without it Keras can advance the
     # iteration count once more per epoch, shifting step-based schedules.

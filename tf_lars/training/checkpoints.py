@@ -18,7 +18,7 @@ import keras
 MAY_CHANGE_ON_RESUME = frozenset({
     "data_dir", "strategy", "tpu", "collective_communication", "cpu_devices", "model_dir",
     "scratch_dir", "log_every_steps", "log_trust_ratios", "verbose", "cache_eval",
-    "jit_compile", "steps_per_execution"})
+    "jit_compile", "steps_per_execution", "deterministic"})
 
 
 def check_resume(model_dir, flag_values):

@@ -88,6 +88,10 @@ def define(flag_values=flags.FLAGS):
     d.DEFINE_string("init_weights", None, "Start from these weights (a .weights.h5 "
                     "or .keras file of the same model) instead of a fresh initialization.")
     d.DEFINE_integer("seed", None, "Seed of initialization and data order (None: random).")
+    d.DEFINE_boolean("deterministic", False, "Bitwise-repeatable runs (needs --seed): "
+                     "TensorFlow's deterministic ops and one intra-op thread (CPU "
+                     "convolution gradients are otherwise summed in thread-timing order). "
+                     "Slower on multi-core CPUs.")
     # Distribution and speed.
     d.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.")
     d.DEFINE_string("tpu", None, "TPU name or address (--strategy=tpu or auto).")

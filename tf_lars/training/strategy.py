@@ -9,6 +9,18 @@ import tensorflow as tf
 from tf_lars.training.flags import COLLECTIVES, STRATEGIES as NAMES
 
 
+def make_deterministic():
+    """Same results from the same seed (before any op runs).
+
+    `enable_op_determinism` covers TensorFlow's GPU kernels and its
+    stateful ops but not the multi-threaded CPU convolution gradients, whose
+    partial sums are added in the order threads finish; one intra-op thread
+    fixes that order (XLA's CPU code, `--jit_compile`, is also repeatable).
+    """
+    tf.config.experimental.enable_op_determinism()
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+
+
 def split_cpu(devices):
     """Splits the CPU into `devices` logical devices (before any op runs)."""
     if devices > 1:
