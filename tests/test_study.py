@@ -88,6 +88,16 @@ def test_table_reports_the_chosen_trials_test_accuracy_over_seeds():
     assert "| 91.00 |" in next(line for line in lines if "baseline" in line)
 
 
+def test_a_bad_trainer_flag_fails_before_any_run(tmp_path):
+    result = run_study(f"--runs_dir={tmp_path / 'runs'}", f"--output_dir={tmp_path / 'docs'}",
+                       "--dry_run", "--trainer_flags=--model=nosuch", timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "large_batch_study: error: --trainer_flags: flag --model=nosuch: value should be one "
+        "of <resnet50|")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_bad_trials_are_named():
     with pytest.raises(ValueError, match="same number"):
         study.check_args(["0.1"], ["3:0.01", "6:0.01"], [1024])
@@ -165,16 +175,22 @@ def test_a_tiny_study_end_to_end(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                     reason='JAX is not installed: pip install "jax[cpu]"')
 def test_a_tiny_study_in_memory_on_jax(tmp_path):
-    """--engine=arrays under KERAS_BACKEND=jax: the GPU machine's way, on the CPU."""
+    """--engine=arrays under KERAS_BACKEND=jax: the GPU machine's way, on the CPU.
+
+    With --jobs=2, as on the GPU machine: two runs at a time, each a process
+    of the tool that trains in memory (its output in the run's train.log).
+    """
     pytest.importorskip("matplotlib")
     from test_tools import generated_idx
 
     idx = generated_idx(tmp_path / "idx", 260, 40)
     result = run_study("--engine=arrays", f"--idx_dir={idx}", "--holdout=60",
                        f"--runs_dir={tmp_path / 'runs'}", f"--output_dir={tmp_path / 'docs'}",
-                       *TINY, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+                       "--jobs=2", *TINY, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     check_study(tmp_path / "docs", tmp_path / "runs")
+    run_dirs = list((tmp_path / "runs").iterdir())
+    assert len(run_dirs) == 5 and all((d / "train.log").exists() for d in run_dirs)
     assert "Keras jax backend" in (tmp_path / "docs" / "results.md").read_text()
     (summary,) = (tmp_path / "runs").glob("lars_b100_*_s1/summary.json")
     assert json.loads(summary.read_text())["backend"] == "jax"

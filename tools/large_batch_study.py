@@ -32,21 +32,26 @@ either method by them.
 Writes to --output_dir: `runs.csv` (every run), `results.md` (the table),
 `accuracy_vs_batch.png` and `curves_b<largest>.png`. Runs go to --runs_dir,
 one folder each; a run whose `summary.json` exists is not run again, so an
-interrupted study continues where it stopped.
+interrupted study continues where it stopped. --jobs=N trains N runs at a
+time, each in its own process: meant for a GPU, which one small run leaves
+mostly idle (on 2 CPU cores, two trainer runs at a time with one thread
+each were only 1.09x as fast as one after the other).
 
---engine=arrays trains in this process instead, on any Keras backend and
-without TensorFlow (the JAX backend on a GPU machine): the IDX files are
-read into memory (--idx_dir), split with the same class-balanced held-out
-draw as the shards, fed by `tf_lars.data.arrays.Batches`, and augmented on
-the device by Keras layers (close to, not the same as, the shards' crops);
+--engine=arrays trains in this process instead (with --jobs, in processes
+of this tool), on any Keras backend and without TensorFlow (the JAX backend
+on a GPU machine): the IDX files are read into memory (--idx_dir), split
+with the same class-balanced held-out draw as the shards, fed by
+`tf_lars.data.arrays.Batches`, and augmented on the device by Keras layers
+(close to, not the same as, the shards' crops);
 PreciseBN pools its statistics over training images without augmentation.
 The recipe (flagfile, schedule, optimizer, model) is the trainer's own:
 
     KERAS_BACKEND=jax python tools/large_batch_study.py --form=full --engine=arrays \
-        --idx_dir=fashion-mnist --output_dir=docs/study-gpu
+        --jobs=4 --idx_dir=fashion-mnist --output_dir=docs/study-gpu
 """
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import math
@@ -101,6 +106,11 @@ def define_flags():
     flags.DEFINE_string("output_dir", "docs/study", "Where the CSV, table and plots go.")
     flags.DEFINE_list("trainer_flags", [], "More flags for every run (e.g. --cpu_devices=2).")
     flags.DEFINE_boolean("dry_run", False, "Print the plan's commands and stop.")
+    flags.DEFINE_integer("jobs", 1, "Runs at a time, each its own process (for "
+                         "--engine=arrays a process of this tool); on a GPU, small runs "
+                         "share it, JAX's memory split between them.", lower_bound=1)
+    flags.DEFINE_string("run_spec", None, "(Internal, for --jobs) one run as JSON: train "
+                        "it and stop.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,14 +260,35 @@ def run_trainer(run, run_dir, data_dir, info, epochs, warmup_epochs, extra):
                            f"{run_dir}/train.log, ends:\n{tail}")
 
 
-def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra, in_memory=None):
+def run_spec_process(run, run_dir, jobs):
+    """--jobs with --engine=arrays: `run` in a new process of this tool, same flags."""
+    argv = [a for a in sys.argv[1:] if not a.startswith(("--jobs", "--run_spec"))]
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--jobs=1",
+           f"--run_spec={json.dumps(dataclasses.asdict(run))}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # JAX takes 75% of a GPU's memory by default: share it out instead.
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / jobs:.3f}")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "train.log"), "w") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code:
+        with open(os.path.join(run_dir, "train.log")) as log:
+            tail = log.read()[-2000:]
+        raise RuntimeError(f"run {run.name} failed (exit {code}); its log, "
+                           f"{run_dir}/train.log, ends:\n{tail}")
+
+
+def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra, in_memory=None,
+            jobs=1):
     """Runs one training (unless done before); its summary, or None if it diverged."""
     run_dir = os.path.join(runs_dir, run.name)
     summary_path = os.path.join(run_dir, "summary.json")
     diverged_path = os.path.join(run_dir, "diverged.txt")
     if not os.path.exists(summary_path) and not os.path.exists(diverged_path):
         start = time.time()
-        if in_memory:
+        if in_memory and jobs > 1:
+            run_spec_process(run, run_dir, jobs)
+        elif in_memory:
             in_memory(run, run_dir, epochs, warmup_epochs, extra)
         else:
             run_trainer(run, run_dir, data_dir, info, epochs, warmup_epochs, extra)
@@ -266,6 +297,20 @@ def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra, in_memo
         return None
     with open(summary_path) as f:
         return json.load(f)
+
+
+def execute_all(runs, jobs, *args, **kwargs):
+    """`{run: execute(run, ...)}`, with up to `jobs` runs at a time."""
+    if jobs == 1:
+        results = {}
+        for i, run in enumerate(runs, 1):
+            logging.info("run %d of %d: %s", i, len(runs), run.name)
+            results[run] = execute(run, *args, **kwargs)
+        return results
+    # Each run is a process of its own: threads only wait for them.
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        futures = {run: pool.submit(execute, run, *args, jobs=jobs, **kwargs) for run in runs}
+        return {run: future.result() for run, future in futures.items()}
 
 
 class InMemory:
@@ -386,6 +431,10 @@ def main(argv):
         check_args(sgd_rates, lars_trials, batch_sizes)
     except ValueError as e:
         sys.exit(f"large_batch_study: error: {e}")
+    try:  # The trainer's flags, parsed once here rather than failing in a run.
+        batch_norm_note(FLAGS.trainer_flags)
+    except (flags.Error, ValueError, FileNotFoundError) as e:
+        sys.exit(f"large_batch_study: error: --trainer_flags: {e}")
     batch_sizes = sorted(int(b) for b in batch_sizes)
     epochs = FLAGS.epochs or form["epochs"]
     warmup = FLAGS.warmup_epochs if FLAGS.warmup_epochs is not None else form["warmup_epochs"]
@@ -406,16 +455,15 @@ def main(argv):
             info = in_memory.info
         else:
             in_memory, info = None, shard_info(FLAGS.data_dir, FLAGS.holdout)
-        results = {}
-        for i, run in enumerate(plan, 1):
-            logging.info("run %d of %d: %s", i, len(plan), run.name)
-            results[run] = execute(run, runs_dir, FLAGS.data_dir, info, epochs, warmup,
-                                   FLAGS.trainer_flags, in_memory)
+        common = (runs_dir, FLAGS.data_dir, info, epochs, warmup, FLAGS.trainer_flags,
+                  in_memory)
+        if FLAGS.run_spec:  # One run of a --jobs study, in its own process.
+            execute(Run(**json.loads(FLAGS.run_spec)), *common)
+            return
+        results = execute_all(plan, FLAGS.jobs, *common)
         chosen = choose(results)
-        for run in more_seeds(chosen, max(batch_sizes), FLAGS.seeds):
-            logging.info("more seeds: %s", run.name)
-            results[run] = execute(run, runs_dir, FLAGS.data_dir, info, epochs, warmup,
-                                   FLAGS.trainer_flags, in_memory)
+        results.update(execute_all(more_seeds(chosen, max(batch_sizes), FLAGS.seeds),
+                                   FLAGS.jobs, *common))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"large_batch_study: error: {e}")
     counts = info["examples"]
