@@ -31,17 +31,25 @@ import tf_lars
 BACKEND = keras.backend.backend()
 
 
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def parse():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet8")
-    p.add_argument("--image_size", type=int, default=28)
-    p.add_argument("--channels", type=int, default=None)
-    p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=10, help="steps per timed fit")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--update_repeats", type=int, default=50)
-    p.add_argument("--policy", default="float32")
-    p.add_argument("--jit_compile", default="auto")
+    p.add_argument("--model", default="resnet8", choices=sorted(tf_lars.models.MODELS))
+    p.add_argument("--image_size", type=positive, default=28)
+    p.add_argument("--channels", type=positive, default=None)
+    p.add_argument("--batch_size", type=positive, default=256)
+    p.add_argument("--steps", type=positive, default=10, help="steps per timed fit")
+    p.add_argument("--repeats", type=positive, default=5)
+    p.add_argument("--update_repeats", type=positive, default=50)
+    p.add_argument("--policy", default="float32",
+                   choices=["float32", "mixed_float16", "mixed_bfloat16"])
+    p.add_argument("--jit_compile", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--out", default=None)
     return p.parse_args()
 
@@ -168,7 +176,7 @@ def stream_bandwidth(n=64 * 2**20, short=2, long=22):
 def main():
     args = parse()
     if args.jit_compile != "auto":
-        args.jit_compile = args.jit_compile.lower() in ("1", "true", "yes")
+        args.jit_compile = args.jit_compile == "true"
     fit_times, models = time_fits(args)
     fit_ms = {name: statistics.median(t) for name, t in fit_times.items()}
     fit_min_ms = {name: min(t) for name, t in fit_times.items()}
