@@ -1,4 +1,4 @@
-"""The optimizer benchmark, run end to end as the command-line tool it is.
+"""The benchmarks, run end to end as the command-line tools they are.
 
 Its timings are not checked (speed is never a test's business here); what is
 checked is that it runs on the current backend and that the figures it derives
@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import keras
 import tf_lars
@@ -48,3 +49,33 @@ def test_optimizer_benchmark_runs_and_counts_the_bytes(tmp_path):
     assert np.isclose(r["update_floor_ms"]["lars"], sgd_ms + extra_ms, rtol=1e-9)
     for kind in ("fit_step_ms", "fit_step_min_ms", "update_ms"):
         assert all(r[kind][name] > 0 for name in ("sgd", "lars"))
+
+
+def run_input_benchmark(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark_input.py"),
+                           *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the input pipeline is TensorFlow's")
+def test_input_benchmark_runs_on_synthetic_photos_and_names_bad_input(tmp_path):
+    result = run_input_benchmark(f"--synthetic_dir={tmp_path / 'photos'}",
+                                 "--synthetic_images=48", "--max_images=48", "--image_size=64",
+                                 "--batch_size=8", "--seconds=0.3", "--repeats=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ratios = {line.split(":")[0]: float(line.split(":")[1])
+              for line in result.stdout.splitlines() if line.startswith("ratio ")}
+    assert set(ratios) == {"ratio pipeline (float32) / bare decode",
+                           "ratio pipeline (uint8) / bare decode",
+                           "ratio per-image work alone / bare decode"}
+    assert all(r > 0 for r in ratios.values())
+
+    missing = run_input_benchmark(f"--data_dir={tmp_path / 'none'}")
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1].startswith(
+        f"benchmark_input: error: data_dir '{tmp_path / 'none'}' is not a folder")
+    preset = run_input_benchmark(f"--data_dir={tmp_path / 'photos'}", "--preset=nosuch")
+    assert preset.stderr.strip().splitlines()[-1] == (
+        "benchmark_input: error: Unknown preprocessing preset 'nosuch': use one of "
+        "['legacy', 'small', 'tpu']")

@@ -28,6 +28,7 @@ same fraction of the set as the trainer's 10,000 of ImageNet's 1,281,167
 import functools
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -85,6 +86,14 @@ def rate(iterator, images_per_step, seconds):
 
 def main(argv):
     del argv
+    try:
+        measure()
+    except (FileNotFoundError, ValueError) as e:  # bad folder, shards or preset
+        sys.exit(f"benchmark_input: error: {e}")
+
+
+def measure():
+    recipe = preprocessing.get_preset(FLAGS.preset)  # an unknown preset fails first
     data_dir = FLAGS.data_dir
     if FLAGS.synthetic_dir:
         _, failures, _ = writer.build_shards(
@@ -120,7 +129,6 @@ def main(argv):
 
     # The per-image work alone (uint8), on the JPEGs in memory: what is left
     # of the ceiling once crop, resize and flip are paid for, before reading.
-    recipe = preprocessing.get_preset(FLAGS.preset)
     no_boxes = tf.zeros([1, 0, 4], tf.float32)
     work = in_memory(lambda j: preprocessing.train_image(
         j, no_boxes, FLAGS.image_size, recipe, FLAGS.channels, tf.uint8))
