@@ -22,9 +22,10 @@ def test_optimizer_and_schedules_under_jax():
                                                        "test_arrays.py", "test_precise_bn.py",
                                                        "test_benchmarks.py")]
     result = subprocess.run(
-        # Tests named *tf_distribute* need TensorFlow: left out here, not skipped.
+        # Tests named *tf_distribute* or *input_benchmark* need TensorFlow:
+        # left out here, not skipped.
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-k", "not tf_distribute", *suites],
+         "-k", "not tf_distribute and not input_benchmark", *suites],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout

@@ -1,8 +1,9 @@
 """The benchmarks, run end to end as the command-line tools they are.
 
-Its timings are not checked (speed is never a test's business here); what is
-checked is that it runs on the current backend and that the figures it derives
-(parameter counts, the update's byte floor) agree with a count made here.
+Their timings are not checked (speed is never a test's business here); what is
+checked is that they run, that bad input fails with one line, and that the
+figures the optimizer benchmark derives (parameter counts, the update's byte
+floor) agree with a count made here.
 """
 
 import json
