@@ -36,12 +36,13 @@ def check_resume(model_dir, flag_values):
         before = json.load(f)["flags"]
     # flags.json went through JSON: compare values as they read back.
     now = json.loads(json.dumps(flag_values, default=str))
-    for name in sorted(set(before) | set(now)):
-        if name in MAY_CHANGE_ON_RESUME or before.get(name) == now.get(name):
+    # A flag the run did not know (added since) is not compared.
+    for name in sorted(set(before) & set(now)):
+        if name in MAY_CHANGE_ON_RESUME or before[name] == now[name]:
             continue
         raise ValueError(
             f"--model_dir {model_dir} holds a run to resume that was started with "
-            f"--{name}={before.get(name)!r}, not {now.get(name)!r}: resume it with the same "
+            f"--{name}={before[name]!r}, not {now[name]!r}: resume it with the same "
             f"flags, or give a new --model_dir")
 
 

@@ -13,9 +13,10 @@ def make_deterministic():
     """Same results from the same seed (before any op runs).
 
     `enable_op_determinism` covers TensorFlow's GPU kernels and its
-    stateful ops but not the multi-threaded CPU convolution gradients, whose
-    partial sums are added in the order threads finish; one intra-op thread
-    fixes that order (XLA's CPU code, `--jit_compile`, is also repeatable).
+    stateful ops, but some of its multi-threaded CPU kernels of the backward
+    pass still add partial sums in the order their threads finish (seen in a
+    ResNet's gradients at batch 4096); one intra-op thread fixes that order
+    (XLA's CPU code, `--jit_compile`, was repeatable too).
     """
     tf.config.experimental.enable_op_determinism()
     tf.config.threading.set_intra_op_parallelism_threads(1)
