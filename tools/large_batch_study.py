@@ -243,21 +243,28 @@ def command(run, run_dir, data_dir, info, epochs, warmup_epochs, extra):
             *run.flags(epochs, warmup_epochs), *extra]
 
 
-def run_trainer(run, run_dir, data_dir, info, epochs, warmup_epochs, extra):
-    """--engine=trainer: one run of `tf-lars-train`, its output in `train.log`."""
-    cmd = command(run, run_dir, data_dir, info, epochs, warmup_epochs, extra)
+def run_logged(cmd, run, run_dir, cwd=None, **env):
+    """Runs `cmd` for `run`, its output in `run_dir/train.log`; the exit code and
+    the log's end. A failure other than a NaN stop raises, showing that end."""
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "train.log"), "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), cwd=ROOT)
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **env), cwd=cwd)
     with open(os.path.join(run_dir, "train.log")) as log:
         tail = log.read()[-2000:]
-    if code and "training stopped:" in tail:  # NaN loss: a result, not an error.
-        with open(os.path.join(run_dir, "diverged.txt"), "w") as f:
-            f.write(tail.split("training stopped:")[-1].strip() + "\n")
-    elif code:
+    if code and "training stopped:" not in tail:
         raise RuntimeError(f"run {run.name} failed (exit {code}); its log, "
                            f"{run_dir}/train.log, ends:\n{tail}")
+    return code, tail
+
+
+def run_trainer(run, run_dir, data_dir, info, epochs, warmup_epochs, extra):
+    """--engine=trainer: one run of `tf-lars-train`, its output in `train.log`."""
+    code, tail = run_logged(command(run, run_dir, data_dir, info, epochs, warmup_epochs,
+                                    extra), run, run_dir, cwd=ROOT)
+    if code:  # NaN loss: a result, not an error.
+        with open(os.path.join(run_dir, "diverged.txt"), "w") as f:
+            f.write(tail.split("training stopped:")[-1].strip() + "\n")
 
 
 def run_spec_process(run, run_dir, jobs):
@@ -265,17 +272,9 @@ def run_spec_process(run, run_dir, jobs):
     argv = [a for a in sys.argv[1:] if not a.startswith(("--jobs", "--run_spec"))]
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--jobs=1",
            f"--run_spec={json.dumps(dataclasses.asdict(run))}"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     # JAX takes 75% of a GPU's memory by default: share it out instead.
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / jobs:.3f}")
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "train.log"), "w") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if code:
-        with open(os.path.join(run_dir, "train.log")) as log:
-            tail = log.read()[-2000:]
-        raise RuntimeError(f"run {run.name} failed (exit {code}); its log, "
-                           f"{run_dir}/train.log, ends:\n{tail}")
+    share = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / jobs:.3f}")
+    run_logged(cmd, run, run_dir, XLA_PYTHON_CLIENT_MEM_FRACTION=share)
 
 
 def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra, in_memory=None,
@@ -432,7 +431,7 @@ def main(argv):
     except ValueError as e:
         sys.exit(f"large_batch_study: error: {e}")
     try:  # The trainer's flags, parsed once here rather than failing in a run.
-        batch_norm_note(FLAGS.trainer_flags)
+        bn_note = batch_norm_note(FLAGS.trainer_flags)
     except (flags.Error, ValueError, FileNotFoundError) as e:
         sys.exit(f"large_batch_study: error: --trainer_flags: {e}")
     batch_sizes = sorted(int(b) for b in batch_sizes)
@@ -472,7 +471,7 @@ def main(argv):
     header = (f"Fashion-MNIST, ResNet-8 ({engine}), {epochs:g} epochs of the {counts['train']:,} "
               f"training images; trials chosen on {counts['holdout']:,} held-out training "
               f"images, reported on the {counts['validation']:,} test images. "
-              f"Large-batch warmup: {warmup:g} epochs. {batch_norm_note(FLAGS.trainer_flags)} "
+              f"Large-batch warmup: {warmup:g} epochs. {bn_note} "
               f"Command: "
               f"`python tools/large_batch_study.py --form={FLAGS.form} "
               f"--engine={FLAGS.engine}`.")

@@ -71,8 +71,7 @@ def pool(rows, channels):
     """Population mean and variance from per-batch [mean, variance] rows."""
     rows = np.asarray(rows, dtype=np.float64)
     means, variances = rows[:, :channels], rows[:, channels:]
-    mean = means.mean(axis=0)
-    return mean, variances.mean(axis=0) + ((means - mean) ** 2).mean(axis=0)
+    return means.mean(axis=0), variances.mean(axis=0) + means.var(axis=0)
 
 
 class PreciseBN(keras.callbacks.Callback):
