@@ -148,8 +148,11 @@ def test_make_deterministic_repeats_large_batch_gradients_bit_for_bit():
     # Without make_deterministic, ResNet-8's gradients at batch 4096 on a
     # 2-core machine differed between calls (by up to 5e-9) in 4 of 7 runs
     # of this check: the multi-threaded CPU kernels of the backward pass add
-    # their partial sums in the order the threads finish. So this check
-    # catches a lost fix about half the time, never a false alarm.
+    # their partial sums in the order the threads finish. With one intra-op
+    # thread but two inter-op threads they still differed in 3 of 4 runs
+    # while another process loaded a core (and once in a full test run); with
+    # both at one thread, in none of 8 such runs. So this check catches a
+    # lost fix about half the time.
     result = subprocess.run([sys.executable, "-c", DETERMINISM_CHECK], env=env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -87,8 +87,10 @@ def setup():
     # Each worker's pipeline is built here, so too few shards fail before training.
     train_ds = strategy.distribute_datasets_from_function(
         inputs.dataset_fn(data, FLAGS.batch_size, True, bad_records))
+    # Evaluation and PreciseBN pipelines are iterated afresh each time: no
+    # autotuning (see inputs.dataset_fn).
     eval_ds, test_ds = (strategy.distribute_datasets_from_function(
-        inputs.dataset_fn(data, d["eval_batch"], False, bad_records, split))
+        inputs.dataset_fn(data, d["eval_batch"], False, bad_records, split, autotune=False))
         if split else None for split in (FLAGS.eval_split, FLAGS.test_split))
     precise = None
     if d["precise_bn_steps"]:
@@ -96,7 +98,8 @@ def setup():
 
         # A pipeline and counter of its own: its records are not counted twice.
         bn_ds = strategy.distribute_datasets_from_function(
-            inputs.dataset_fn(data, FLAGS.batch_size, True, pipeline.BadRecords()))
+            inputs.dataset_fn(data, FLAGS.batch_size, True, pipeline.BadRecords(),
+                              autotune=False))
         try:
             with strategy.scope():
                 precise = precise_bn.PreciseBN(model, bn_ds, d["precise_bn_steps"])

@@ -7,11 +7,10 @@
 Keras only (any backend). In one process, on the same model, batch and data:
   1. full training step through `fit`: `keras.optimizers.SGD(momentum=0.9)`
      against `tf_lars.LARS`, timed fits alternating, median and fastest of
-     --repeats (on a shared machine whose speed jumps between runs, the
-     fastest is the steadier figure);
+     --repeats (each fit's data without tf.data autotuning: see `fit_data`);
   2. the update alone (`optimizer.apply` over every trainable variable,
-     compiled), SGD against LARS, against the memory-traffic floor: the
-     bytes the update must move (SGD reads w, g, v and writes w, v; LARS
+     compiled as `fit` compiles its step), SGD against LARS, against the
+     memory-traffic floor: the bytes the update must move (SGD reads w, g, v and writes w, v; LARS
      also reads w and g once more for the norms) over the bandwidth of an
      in-place array update measured here (see `stream_bandwidth`).
 Prints a markdown table and the ratios; --out writes them as JSON.
@@ -82,15 +81,38 @@ def time_fits(args):
     n = args.steps * args.batch_size
     x = rng.integers(0, 256, size=(n, args.image_size, args.image_size, channels), dtype=np.uint8)
     y = keras.utils.to_categorical(rng.integers(0, classes, n), classes).astype(np.float32)
+    data = fit_data(x, y, args.batch_size)
     times = {name: [] for name in models}
     for name, (model, _, _) in models.items():  # compile and warm up
-        model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False)
+        model.fit(**data, epochs=1, verbose=0, shuffle=False)
     for _ in range(args.repeats):
         for name, (model, _, _) in models.items():
             start = time.perf_counter()
-            model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False)
+            model.fit(**data, epochs=1, verbose=0, shuffle=False)
             times[name].append((time.perf_counter() - start) * 1e3 / args.steps)
     return times, models
+
+
+def fit_data(x, y, batch_size):
+    """`fit`'s data arguments: the arrays, or under TensorFlow a `tf.data`
+    pipeline over them with autotuning off.
+
+    Each timed `fit` makes a new iterator and deletes it at the end. With
+    tf.data's autotuning on (the default, also for the pipeline Keras builds
+    over arrays), deleting an iterator waits for its autotuning thread: on
+    2 CPU cores about 40% of fits ended with a 2 s wait, both cores idle
+    (seen with py-spy in `RootDataset::Iterator::~Iterator`), which made the
+    step time of such fits look 1.7x slower. There is nothing to tune in a
+    pipeline over arrays in memory.
+    """
+    if BACKEND != "tensorflow":
+        return dict(x=x, y=y, batch_size=batch_size)
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).cache()
+    return dict(x=ds.with_options(options))
 
 
 def update_timer(model, optimizer):
@@ -114,7 +136,10 @@ def update_timer(model, optimizer):
     else:
         import tensorflow as tf
 
-        step = tf.function(lambda: optimizer.apply(grads, variables), jit_compile=True)
+        # Compiled as `fit` compiles its steps (Keras resolves "auto" to no
+        # XLA on CPUs, where XLA's reductions are slower).
+        step = tf.function(lambda: optimizer.apply(grads, variables),
+                           jit_compile=bool(model.jit_compile))
 
         def run():
             step()
@@ -191,12 +216,14 @@ def main():
     result = dict(backend=BACKEND, model=args.model, image_size=args.image_size,
                   batch_size=args.batch_size, policy=args.policy, params=params,
                   adapted_tensors=sum(len(v.shape) > 1 for v in variables),
-                  fit_step_ms=fit_ms, fit_step_min_ms=fit_min_ms, update_ms=update_ms, update_floor_ms=floor,
+                  fit_step_ms=fit_ms, fit_step_min_ms=fit_min_ms, fit_step_each_ms=fit_times,
+                  update_ms=update_ms, update_floor_ms=floor,
+                  update_jit_compile=BACKEND == "jax" or bool(models["sgd"][0].jit_compile),
                   stream_bandwidth_GBps=bandwidth / 1e9, cores=os.cpu_count())
     print(f"{args.model}, batch {args.batch_size}, {args.image_size} px, {args.policy}, "
           f"{BACKEND} backend; {params:,} parameters in {len(variables)} tensors "
           f"({result['adapted_tensors']} adapted by LARS); in-place stream bandwidth "
-          f"{bandwidth / 1e9:.1f} GB/s")
+          f"{bandwidth / 1e9:.1f} GB/s; XLA {'on' if result['update_jit_compile'] else 'off'}")
     print("| | SGD (momentum 0.9) | tf_lars.LARS | LARS / SGD | LARS - SGD |")
     print("|---|---|---|---|---|")
     print(f"| training step via fit (ms) | {fit_ms['sgd']:.3f} | {fit_ms['lars']:.3f} | "

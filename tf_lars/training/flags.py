@@ -89,9 +89,9 @@ def define(flag_values=flags.FLAGS):
                     "or .keras file of the same model) instead of a fresh initialization.")
     d.DEFINE_integer("seed", None, "Seed of initialization and data order (None: random).")
     d.DEFINE_boolean("deterministic", False, "Bitwise-repeatable runs (needs --seed): "
-                     "TensorFlow's deterministic ops and one intra-op thread (its multi-"
-                     "threaded CPU backward kernels otherwise add partial sums in the order "
-                     "threads finish). Slower on many-core CPUs.")
+                     "TensorFlow's deterministic ops, one op at a time on one thread (its "
+                     "multi-threaded CPU backward kernels otherwise add partial sums in the "
+                     "order threads finish). Much slower on multi-core CPUs.")
     # Distribution and speed.
     d.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.")
     d.DEFINE_string("tpu", None, "TPU name or address (--strategy=tpu or auto).")

@@ -15,11 +15,15 @@ def make_deterministic():
     `enable_op_determinism` covers TensorFlow's GPU kernels and its
     stateful ops, but some of its multi-threaded CPU kernels of the backward
     pass still add partial sums in the order their threads finish (seen in a
-    ResNet's gradients at batch 4096); one intra-op thread fixes that order
+    ResNet's gradients at batch 4096). One intra-op thread was not enough
+    while the machine was busy: with two inter-op threads, the gradients of
+    the same batch still differed between calls in 3 of 4 runs with another
+    process loading a core, and in none of 8 with one inter-op thread too
     (XLA's CPU code, `--jit_compile`, was repeatable too).
     """
     tf.config.experimental.enable_op_determinism()
     tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def split_cpu(devices):
@@ -73,7 +77,12 @@ def make(name, tpu=None, collective="auto"):
         # All local GPUs; without GPUs, the logical CPU devices (--cpu_devices).
         return tf.distribute.MirroredStrategy(
             None if gpus else [d.name for d in cpus])
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else cpus[0].name)
+    if not gpus:
+        # The default strategy runs on the CPU without OneDeviceStrategy's
+        # per-device copy of the input pipeline, whose iterators autotune
+        # whatever their dataset's options say (see inputs.dataset_fn).
+        return tf.distribute.get_strategy()
+    return tf.distribute.OneDeviceStrategy(gpus[0].name)
 
 
 def is_chief(strategy):
