@@ -252,3 +252,28 @@ def test_eval_cache_gives_the_same_images(tmp_path):
     cached = pipeline.make_dataset(str(tmp_path), "validation", cache_eval=True, **kwargs)
     for _ in range(2):
         np.testing.assert_array_equal(read_all(cached)[0], plain[0])
+
+
+def test_trainer_pipelines_turn_autotuning_off_only_when_asked(tmp_path):
+    # Evaluation and PreciseBN pipelines are iterated afresh at each
+    # evaluation; deleting an autotuned iterator waits for its tuning thread.
+    from tf_lars.training import inputs
+
+    write_shards(tmp_path, "validation", 1, 6)
+    data = inputs.spec("imagenet", str(tmp_path), image_size=32, train_examples=6,
+                       eval_examples=6)
+    context = tf.distribute.InputContext()
+    tuned = inputs.dataset_fn(data, 2, False)(context)
+    untuned = inputs.dataset_fn(data, 2, False, autotune=False)(context)
+    assert tuned.options().autotune.enabled is True
+    assert untuned.options().autotune.enabled is False
+    images, labels = next(iter(untuned))  # and it still yields batches
+    assert images.shape == (2, 32, 32, 3) and labels.shape == (2, 1000)
+
+
+def test_one_device_without_a_gpu_is_the_default_strategy():
+    # No per-device copy of the input pipeline (whose iterators autotune
+    # whatever the dataset's options say).
+    from tf_lars.training import strategy
+
+    assert strategy.make("one_device") is tf.distribute.get_strategy()
