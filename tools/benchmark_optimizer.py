@@ -11,7 +11,8 @@ Keras only (any backend). In one process, on the same model, batch and data:
   2. the update alone (`optimizer.apply` over every trainable variable,
      compiled as `fit` compiles its step), SGD against LARS, against the
      memory-traffic floor: the bytes the update must move (SGD reads w,
-     g, v and writes w, v; LARS also reads w and g once more for the norms) over the bandwidth of an
+     g, v and writes w, v; LARS also reads w and g once more for the
+     norms) over the bandwidth of an
      in-place array update measured here (see `stream_bandwidth`).
 Prints a markdown table and the ratios; --out writes them as JSON.
 """
