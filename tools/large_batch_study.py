@@ -1,8 +1,10 @@
 """The large-batch study: LARS against momentum SGD with the linear scaling
-rule, on Fashion-MNIST, at a fixed epoch budget.
+rule and against Nesterov momentum with LARS's schedule, on Fashion-MNIST, at
+a fixed epoch budget.
 
     python tools/large_batch_study.py                # reduced form (2 CPU cores: 30-40 min)
-    python tools/large_batch_study.py --form=full    # every batch size, longer runs
+    python tools/large_batch_study.py --form=full15  # 1K..8K, 15 epochs (2 CPU cores: hours)
+    python tools/large_batch_study.py --form=full    # 1K..8K, 30 epochs (for a GPU)
 
 Every run is the real training program (`python -m tf_lars.train`) with the
 flagfile `flags/fashion_mnist_study.cfg` (ResNet-8, the default run's weight
@@ -17,12 +19,22 @@ the training set (built here with `build_fashion_mnist_tfrecords.py
             decays at the same fractions of the budget after warmup);
   lars      LARS with the same warmup and polynomial decay of power 2; each
             trial of --lars_trials is `LR:ETA`, LR the peak rate at batch
-            1024, scaled with the square root of the batch size.
+            1024, scaled with the square root of the batch size;
+  nesterov  Nesterov momentum with the linear scaling rule (--nesterov_rates
+            at batch 256) and LARS's warmup and polynomial decay, the same
+            coupled weight decay and exclusions (BatchNorm, biases): the
+            recipe with which Nado et al. 2021 (arXiv:2102.06356) matched
+            LARS on ResNet-50 at batch 32K. Only in the full forms.
 
-Every batch size gets the same number of trials for both methods. The
+Every batch size gets the same number of trials for every method. The
 trial with the best accuracy on the held-out images is chosen; its accuracy
-on the test images is the one reported. At the largest batch the chosen
-trial of each method runs again with more seeds (--seeds in all).
+on the test images is the one reported. The chosen trial of each method runs
+again with more seeds (--seeds in all): at the largest batch in the reduced
+form, at every batch size (the baseline's included) in the full forms.
+
+The full forms keep every run's small record (summary.json, history.csv,
+flags.json, train.log; not the model files) under docs/study-full*/runs/,
+committed with the project, so that the sweep continues on a fresh clone.
 
 BatchNorm statistics are recomputed from 10,000 training images before
 every evaluation (`--precise_bn_images` in the flagfile): with 12 steps an
@@ -66,13 +78,22 @@ from study_report import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# At batch B, Fashion-MNIST's 50,000 training images take as many steps an
+# epoch as ImageNet's 1,281,167 at about 25.6 B: 1024 is the paper's 32K.
+_FULL = dict(batch_sizes=[1024, 2048, 4096, 8192], methods=["sgd", "nesterov", "lars"],
+             sgd_rates=["0.05", "0.1", "0.2"], nesterov_rates=["0.05", "0.1", "0.2"],
+             lars_trials=["1:0.02", "2:0.02", "4:0.02"], seeds_at_every_batch=True)
 FORMS = {
     # Two large batches, 3 epochs, 3 trials per point: 17 runs.
-    "reduced": dict(batch_sizes=[1024, 4096], epochs=3, warmup_epochs=0.75),
-    # Every size of the paper's range, 30 epochs, 4 trials per point: 46 runs.
-    "full": dict(batch_sizes=[1024, 2048, 4096, 8192, 16384], epochs=30, warmup_epochs=5.0,
-                 sgd_rates=["0.05", "0.1", "0.2", "0.4"],
-                 lars_trials=["1:0.02", "2:0.01", "2:0.02", "4:0.01"]),
+    "reduced": dict(batch_sizes=[1024, 4096], epochs=3, warmup_epochs=0.75,
+                    methods=["sgd", "lars"], seeds_at_every_batch=False),
+    # Four sizes (ImageNet's 26K to 210K in steps an epoch), three methods,
+    # 3 trials each, 2 seeds of every chosen trial: 52 runs.
+    "full": dict(_FULL, epochs=30, warmup_epochs=5.0, runs_dir="docs/study-full/runs",
+                 output_dir="docs/study-full"),
+    # The same grid at half the length, for machines without a GPU.
+    "full15": dict(_FULL, epochs=15, warmup_epochs=2.5, runs_dir="docs/study-full15/runs",
+                   output_dir="docs/study-full15"),
 }
 LINEAR_SCALING_BATCH = 256   # the batch size --sgd_rates are given for
 LARS_REFERENCE_BATCH = 1024  # the batch size --lars_trials' rates are given for
@@ -93,7 +114,11 @@ def define_flags():
     flags.DEFINE_list("lars_trials", ["1:0.02", "2:0.01", "2:0.02"],
                       "LARS trials LR:ETA: peak rate at batch 1024 (square-root scaled) "
                       "and trust coefficient. As many as --sgd_rates.")
-    flags.DEFINE_integer("seeds", 2, "Seeds of the chosen trials at the largest batch.")
+    flags.DEFINE_list("nesterov_rates", ["0.05", "0.1", "0.2"],
+                      "Nesterov trials (full forms): rates at batch 256, scaled linearly. "
+                      "As many as --sgd_rates.")
+    flags.DEFINE_integer("seeds", 2, "Seeds of each chosen trial (at the largest batch in "
+                         "the reduced form, at every batch size in the full forms).")
     flags.DEFINE_string("data_dir", "data/fashion_mnist_holdout",
                         "Shards with a holdout split (built here when missing).")
     flags.DEFINE_integer("holdout", 10_000, "Held-out training images, when building shards.")
@@ -101,9 +126,10 @@ def define_flags():
                       "tf-lars-train on shards; arrays: in memory, any Keras backend.")
     flags.DEFINE_string("idx_dir", None, "Fashion-MNIST's IDX files, for --engine=arrays "
                         "(default: Debian's folder or $TF_LARS_FASHION_MNIST).")
-    flags.DEFINE_string("runs_dir", None, "Where each run's folder goes (default: "
-                        "runs/study, or runs/study-arrays).")
-    flags.DEFINE_string("output_dir", "docs/study", "Where the CSV, table and plots go.")
+    flags.DEFINE_string("runs_dir", None, "Where each run's folder goes (default: the "
+                        "form's, else runs/study, or runs/study-arrays).")
+    flags.DEFINE_string("output_dir", None, "Where the CSV, table and plots go (default: "
+                        "the form's, else docs/study).")
     flags.DEFINE_list("trainer_flags", [], "More flags for every run (e.g. --cpu_devices=2).")
     flags.DEFINE_boolean("dry_run", False, "Print the plan's commands and stop.")
     flags.DEFINE_integer("jobs", 1, "Runs at a time, each its own process (for "
@@ -115,7 +141,7 @@ def define_flags():
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    method: str                # baseline, sgd or lars
+    method: str                # baseline, sgd, nesterov or lars
     batch_size: int
     learning_rate: float       # peak rate of this run
     trust_coefficient: float   # LARS's eta (None for SGD)
@@ -131,10 +157,12 @@ class Run:
         """The trainer flags that make this run what it is."""
         out = [f"--batch_size={self.batch_size}", f"--learning_rate={self.learning_rate!r}",
                f"--epochs={epochs!r}", f"--seed={self.seed}"]
+        poly = [f"--warmup_epochs={warmup_epochs!r}", "--schedule=poly", "--poly_power=2"]
         if self.method == "lars":
-            return out + ["--optimizer=lars", f"--trust_coefficient={self.trust_coefficient!r}",
-                          f"--warmup_epochs={warmup_epochs!r}", "--schedule=poly",
-                          "--poly_power=2"]
+            return out + ["--optimizer=lars",
+                          f"--trust_coefficient={self.trust_coefficient!r}", *poly]
+        if self.method == "nesterov":
+            return out + ["--optimizer=nesterov", *poly]
         warmup = 0.0 if self.method == "baseline" else warmup_epochs
         # Goyal et al.: warmup 5, decays at 30, 60 and 80 of 90 epochs; the
         # same fractions of the part after warmup, for any budget.
@@ -144,7 +172,7 @@ class Run:
                       f"--step_epochs={steps}"]
 
 
-def trials(method, batch_size, sgd_rates, lars_trials, seed=1):
+def trials(method, batch_size, sgd_rates, lars_trials, seed=1, nesterov_rates=()):
     """The runs of one (method, batch size) point: one per trial."""
     if method == "lars":
         runs = []
@@ -153,16 +181,18 @@ def trials(method, batch_size, sgd_rates, lars_trials, seed=1):
             scaled = lr * math.sqrt(batch_size / LARS_REFERENCE_BATCH)
             runs.append(Run(method, batch_size, round(scaled, 6), eta, seed, trial))
         return runs
+    rates = nesterov_rates if method == "nesterov" else sgd_rates
     return [Run(method, batch_size, round(float(r) * batch_size / LINEAR_SCALING_BATCH, 6),
-                None, seed, r) for r in sgd_rates]
+                None, seed, r) for r in rates]
 
 
-def first_plan(baseline_batch, batch_sizes, sgd_rates, lars_trials):
-    """Every trial at seed 1: the baseline, then SGD and LARS at each size."""
+def first_plan(baseline_batch, batch_sizes, sgd_rates, lars_trials, methods=("sgd", "lars"),
+               nesterov_rates=()):
+    """Every trial at seed 1: the baseline, then each method at each size."""
     plan = trials("baseline", baseline_batch, sgd_rates, lars_trials)
     for b in batch_sizes:
-        plan += trials("sgd", b, sgd_rates, lars_trials)
-        plan += trials("lars", b, sgd_rates, lars_trials)
+        for method in methods:
+            plan += trials(method, b, sgd_rates, lars_trials, nesterov_rates=nesterov_rates)
     return plan
 
 
@@ -182,17 +212,26 @@ def choose(results):
     return best
 
 
-def more_seeds(chosen, largest, seeds):
-    """Runs of the chosen trials at the largest batch with seeds 2..seeds."""
+def more_seeds(chosen, batch_sizes, seeds, baseline=False):
+    """Runs of the chosen trials at `batch_sizes` with seeds 2..seeds (the
+    baseline's too when `baseline`)."""
     return [dataclasses.replace(run, seed=s)
             for (method, batch), run in sorted(chosen.items())
-            if batch == largest and method != "baseline" for s in range(2, seeds + 1)]
+            if (batch in batch_sizes and method != "baseline") or (method == "baseline"
+                                                                   and baseline)
+            for s in range(2, seeds + 1)]
 
 
-def check_args(sgd_rates, lars_trials, batch_sizes):
+def check_args(sgd_rates, lars_trials, batch_sizes, nesterov_rates=None):
     if len(sgd_rates) != len(lars_trials):
         raise ValueError(f"--sgd_rates has {len(sgd_rates)} trials and --lars_trials "
                          f"{len(lars_trials)}: give both methods the same number")
+    if nesterov_rates is not None and len(nesterov_rates) != len(sgd_rates):
+        raise ValueError(f"--nesterov_rates has {len(nesterov_rates)} trials and "
+                         f"--sgd_rates {len(sgd_rates)}: give every method the same number")
+    for r in nesterov_rates or ():
+        if not _is_number(r):
+            raise ValueError(f"--nesterov_rates: {r!r} is not a number")
     for t in lars_trials:
         parts = t.split(":")
         if len(parts) != 2 or not all(_is_number(p) for p in parts):
@@ -422,12 +461,15 @@ def main(argv):
     del argv
     form = FORMS[FLAGS.form]
     batch_sizes = FLAGS.batch_sizes or form["batch_sizes"]
-    sgd_rates = FLAGS.sgd_rates if FLAGS["sgd_rates"].present else form.get(
-        "sgd_rates", FLAGS.sgd_rates)
-    lars_trials = FLAGS.lars_trials if FLAGS["lars_trials"].present else form.get(
-        "lars_trials", FLAGS.lars_trials)
+
+    def setting(name):  # A flag given, else the form's value, else the flag's default.
+        return FLAGS[name].value if FLAGS[name].present else form.get(name, FLAGS[name].value)
+
+    sgd_rates, lars_trials = setting("sgd_rates"), setting("lars_trials")
+    methods = form["methods"]
+    nesterov_rates = setting("nesterov_rates") if "nesterov" in methods else None
     try:
-        check_args(sgd_rates, lars_trials, batch_sizes)
+        check_args(sgd_rates, lars_trials, batch_sizes, nesterov_rates)
     except ValueError as e:
         sys.exit(f"large_batch_study: error: {e}")
     try:  # The trainer's flags, parsed once here rather than failing in a run.
@@ -437,16 +479,21 @@ def main(argv):
     batch_sizes = sorted(int(b) for b in batch_sizes)
     epochs = FLAGS.epochs or form["epochs"]
     warmup = FLAGS.warmup_epochs if FLAGS.warmup_epochs is not None else form["warmup_epochs"]
-    plan = first_plan(FLAGS.baseline_batch, batch_sizes, sgd_rates, lars_trials)
-    runs_dir = FLAGS.runs_dir or ("runs/study" if FLAGS.engine == "trainer"
-                                  else "runs/study-arrays")
+    plan = first_plan(FLAGS.baseline_batch, batch_sizes, sgd_rates, lars_trials, methods,
+                      nesterov_rates or ())
+    # The full forms' records are kept in the repository, one folder per engine.
+    suffix = "" if FLAGS.engine == "trainer" else "-arrays"
+    runs_dir = FLAGS.runs_dir or (form["runs_dir"] + suffix if "runs_dir" in form else
+                                  "runs/study" + suffix)
+    output_dir = FLAGS.output_dir or form.get("output_dir", "docs/study")
     if FLAGS.dry_run:
         info = dict(examples=dict(train="N", holdout="N", validation="N"))
         for run in plan:
             print(" ".join(command(run, os.path.join(runs_dir, run.name), FLAGS.data_dir,
                                    info, epochs, warmup, FLAGS.trainer_flags)))
-        print(f"# then seeds 2..{FLAGS.seeds} of each method's chosen trial at batch "
-              f"{max(batch_sizes)}")
+        where = ("every batch size" if form["seeds_at_every_batch"]
+                 else f"batch {max(batch_sizes)}")
+        print(f"# then seeds 2..{FLAGS.seeds} of each method's chosen trial at {where}")
         return
     try:
         if FLAGS.engine == "arrays":
@@ -461,8 +508,10 @@ def main(argv):
             return
         results = execute_all(plan, FLAGS.jobs, *common)
         chosen = choose(results)
-        results.update(execute_all(more_seeds(chosen, max(batch_sizes), FLAGS.seeds),
-                                   FLAGS.jobs, *common))
+        every = form["seeds_at_every_batch"]
+        seeded = more_seeds(chosen, batch_sizes if every else [max(batch_sizes)], FLAGS.seeds,
+                            baseline=every)
+        results.update(execute_all(seeded, FLAGS.jobs, *common))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"large_batch_study: error: {e}")
     counts = info["examples"]
@@ -475,8 +524,8 @@ def main(argv):
               f"Command: "
               f"`python tools/large_batch_study.py --form={FLAGS.form} "
               f"--engine={FLAGS.engine}`.")
-    print(report(results, chosen, runs_dir, FLAGS.output_dir, FLAGS.baseline_batch,
-                 batch_sizes, header))
+    print(report(results, chosen, runs_dir, output_dir, FLAGS.baseline_batch,
+                 batch_sizes, header, methods))
 
 
 if __name__ == "__main__":

@@ -66,32 +66,63 @@ def _mean(values):
     return text
 
 
-def table(results, chosen, baseline_batch, batch_sizes):
+LABELS = {"baseline": "momentum SGD (baseline)",
+          "sgd": "momentum SGD + linear scaling + warmup",
+          "nesterov": "Nesterov + linear scaling + warmup + poly(2)",
+          "lars": "LARS + warmup + poly(2)"}
+# ImageNet's 1,281,167 training images over the 50,000 the study trains on:
+# at batch B an epoch takes as many steps as ImageNet's at about 25.6 B.
+IMAGENET_RATIO = 1_281_167 / 50_000
+
+
+def imagenet_batch(batch):
+    """The ImageNet batch size with as many steps an epoch, e.g. '26K'."""
+    return f"{IMAGENET_RATIO * batch / 1024:.0f}K"
+
+
+def largest_within(scores, method, baseline_batch, batch_sizes, points=1.0):
+    """The largest batch size at which `method`'s mean test top-1 is within
+    `points` of the baseline's mean (None if at none)."""
+    base = scores.get(("baseline", baseline_batch))
+    if not base:
+        return None
+    within = [b for b in batch_sizes if (method, b) in scores and
+              100 * (statistics.mean(base) - statistics.mean(scores[(method, b)])) <= points]
+    return max(within, default=None)
+
+
+def table(results, chosen, baseline_batch, batch_sizes, methods=("sgd", "lars")):
     """The markdown table: the chosen trial of each method at each size."""
     scores = chosen_scores(results, chosen)
-    lines = ["| batch | method | chosen trial | peak rate | held-out top-1 % | test top-1 % "
-             "| steps |", "|---|---|---|---|---|---|---|"]
-    labels = {"baseline": "momentum SGD (baseline)",
-              "sgd": "momentum SGD + linear scaling + warmup",
-              "lars": "LARS + warmup + poly(2)"}
-    for batch, methods in [(baseline_batch, ["baseline"])] + [(b, ["sgd", "lars"])
-                                                              for b in batch_sizes]:
-        for method in methods:
+    lines = ["| batch | ImageNet steps/epoch as at | method | chosen trial | peak rate "
+             "| held-out top-1 % | test top-1 % | steps |",
+             "|---|---|---|---|---|---|---|---|"]
+    for batch, group in [(baseline_batch, ["baseline"])] + [(b, list(methods))
+                                                            for b in batch_sizes]:
+        for method in group:
             pick = chosen.get((method, batch))
+            first = f"| {batch} | {imagenet_batch(batch)} | {LABELS[method]} |"
             if pick is None:
-                lines.append(f"| {batch} | {labels[method]} | every trial diverged | | | | |")
+                lines.append(f"{first} every trial diverged | | | | |")
                 continue
             s = results[pick]
             trial = (f"lr {pick.trial.split(':')[0]} @1K, eta {pick.trust_coefficient:g}"
                      if method == "lars" else f"lr {pick.trial} @256")
-            lines.append(f"| {batch} | {labels[method]} | {trial} | {pick.learning_rate:.4g} "
+            lines.append(f"{first} {trial} | {pick.learning_rate:.4g} "
                          f"| {100 * s['top1']:.2f} | {_mean(scores[(method, batch)])} "
                          f"| {s['steps']} |")
+    lines += ["", "| method | largest batch within 1 point of the baseline (mean test top-1) |",
+              "|---|---|"]
+    for method in methods:
+        b = largest_within(scores, method, baseline_batch, batch_sizes)
+        lines.append(f"| {LABELS[method]} | {b or 'none'} |")
     return "\n".join(lines)
 
 
-def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir):
-    """accuracy_vs_batch.png and curves_b<largest>.png; returns their names."""
+def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir,
+          methods=("sgd", "lars")):
+    """accuracy_vs_batch.png and curves_b<B>.png for the smallest and largest
+    batch size; returns their names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,8 +130,8 @@ def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir):
 
     scores = chosen_scores(results, chosen)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, label, style in (("sgd", "momentum SGD, linear scaling + warmup", "o-"),
-                                 ("lars", "LARS, warmup + poly(2)", "s-")):
+    styles = {"sgd": "o-", "nesterov": "^-", "lars": "s-"}
+    for method, label, style in [(m, LABELS[m], styles[m]) for m in methods]:
         points = [(b, scores[(method, b)]) for b in batch_sizes if (method, b) in scores]
         if points:
             xs = [b for b, _ in points]
@@ -109,9 +140,11 @@ def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir):
             highs = [100 * max(v) - m for m, (_, v) in zip(means, points)]
             ax.errorbar(xs, means, yerr=[lows, highs], fmt=style, capsize=3, label=label)
     if ("baseline", baseline_batch) in scores:
-        base = 100 * statistics.mean(scores[("baseline", baseline_batch)])
-        ax.axhline(base, color="gray", ls="--",
+        seeds = [100 * v for v in scores[("baseline", baseline_batch)]]
+        ax.axhline(statistics.mean(seeds), color="gray", ls="--",
                    label=f"momentum SGD at batch {baseline_batch}")
+        if len(seeds) > 1:  # The band over its seeds.
+            ax.axhspan(min(seeds), max(seeds), color="gray", alpha=0.2)
     ax.set_xscale("log", base=2)
     ax.set_xticks(batch_sizes, [f"{b // 1024}K" if b % 1024 == 0 else str(b)
                                 for b in batch_sizes])
@@ -125,9 +158,18 @@ def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir):
     fig.savefig(os.path.join(output_dir, names[0]), dpi=120)
     plt.close(fig)
 
-    largest = max(batch_sizes)
+    for batch in sorted({min(batch_sizes), max(batch_sizes)}):
+        names.append(_curves(results, chosen, runs_dir, baseline_batch, batch, output_dir,
+                             methods, plt))
+    return names
+
+
+def _curves(results, chosen, runs_dir, baseline_batch, largest, output_dir, methods, plt):
+    """curves_b<largest>.png: training loss and held-out accuracy per epoch."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for method, color in (("sgd", "C0"), ("lars", "C1"), ("baseline", "gray")):
+    colors = {"sgd": "C0", "lars": "C1", "nesterov": "C2", "baseline": "gray"}
+    for method in [*methods, "baseline"]:
+        color = colors[method]
         pick = chosen.get((method, largest if method != "baseline" else baseline_batch))
         if pick is None:
             continue
@@ -152,20 +194,21 @@ def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    names.append(f"curves_b{largest}.png")
-    fig.savefig(os.path.join(output_dir, names[1]), dpi=120)
+    name = f"curves_b{largest}.png"
+    fig.savefig(os.path.join(output_dir, name), dpi=120)
     plt.close(fig)
-    return names
+    return name
 
 
-def report(results, chosen, runs_dir, output_dir, baseline_batch, batch_sizes, header):
+def report(results, chosen, runs_dir, output_dir, baseline_batch, batch_sizes, header,
+           methods=("sgd", "lars")):
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
         out = csv.DictWriter(f, CSV_FIELDS)
         out.writeheader()
         out.writerows(rows(results, chosen))
-    text = table(results, chosen, baseline_batch, batch_sizes)
-    names = plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir)
+    text = table(results, chosen, baseline_batch, batch_sizes, methods)
+    names = plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir, methods)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(header + "\n\n" + text + "\n\n" +
                 "\n".join(f"![{n}]({n})" for n in names) + "\n")

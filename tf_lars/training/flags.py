@@ -69,8 +69,9 @@ def define(flag_values=flags.FLAGS):
                      "image once.")
     d.DEFINE_float("epochs", None, "Epochs to train (or --train_steps).")
     d.DEFINE_integer("train_steps", None, "Optimizer steps to train (overrides --epochs).")
-    d.DEFINE_enum("optimizer", "lars", ["lars", "sgd"],
-                  "lars, or momentum SGD with the same coupled weight decay.")
+    d.DEFINE_enum("optimizer", "lars", ["lars", "sgd", "nesterov"],
+                  "lars, or momentum SGD (sgd) or Nesterov momentum (nesterov) with the "
+                  "same coupled weight decay and exclusions.")
     d.DEFINE_float("learning_rate", None, "Peak learning rate (overrides the scaling rule).")
     d.DEFINE_float("base_learning_rate", 0.1,
                    "Peak rate at --base_batch_size, scaled linearly with --batch_size.")

@@ -70,16 +70,19 @@ def schedule(d, cfg):
 
 
 def optimizer(d, cfg):
-    """`tf_lars.LARS`, or momentum SGD (`cfg.optimizer == "sgd"`)."""
+    """`tf_lars.LARS`, or momentum SGD (`cfg.optimizer`: "sgd", "nesterov")."""
     from tf_lars import LARS
 
     kwargs = dict(learning_rate=schedule(d, cfg), momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay,
                   gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    if cfg.optimizer == "sgd":
+    if cfg.optimizer in ("sgd", "nesterov"):
         # Momentum SGD with the same coupled weight decay and masks: LARS
-        # with layer adaptation switched off for every variable.
-        return LARS(exclude_from_layer_adaptation=[""], name="sgd", **kwargs)
+        # with layer adaptation switched off for every variable. Nesterov
+        # with warmup and polynomial decay is Nado et al.'s (arXiv:2102.06356)
+        # match for LARS at large batch.
+        return LARS(exclude_from_layer_adaptation=[""], name=cfg.optimizer,
+                    nesterov=cfg.optimizer == "nesterov", **kwargs)
     return LARS(trust_coefficient=cfg.trust_coefficient, trust_ratio=cfg.trust_ratio,
                 track_trust_ratios=cfg.log_trust_ratios, **kwargs)
 
