@@ -96,19 +96,74 @@ class StopAtStep(keras.callbacks.Callback):
 
     `fit` runs whole epochs of `steps_per_epoch` batches; a run whose length
     (--train_steps) is not a whole number of epochs stops in its last one.
+    `first_batch`: batches of the first epoch trained before this `fit` (a
+    run resumed inside an epoch).
     """
 
     def __init__(self, total_steps, steps_per_epoch):
         super().__init__()
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.epoch = 0
+        self.first_batch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
+    def on_epoch_end(self, epoch, logs=None):
+        self.first_batch = 0
+
     def on_train_batch_end(self, batch, logs=None):
-        if self.epoch * self.steps_per_epoch + batch + 1 >= self.total_steps:
+        done = self.epoch * self.steps_per_epoch + self.first_batch + batch + 1
+        if done >= self.total_steps:
             self.model.stop_training = True
+
+
+class SkippedRecords(keras.callbacks.Callback):
+    """Says on the console what the input pipelines skipped, when it grows.
+
+    After each epoch: the training split's counts, if they grew. After each
+    evaluation: what that pass over the evaluation split skipped, the first
+    time it skips any and whenever the number changes. `last_eval` keeps
+    the last pass's line for the run's final line.
+    """
+
+    def __init__(self, bad_records, eval_split, printer=print):
+        super().__init__()
+        self.bad_records, self.eval_split, self.printer = bad_records, eval_split, printer
+        self._train_seen = 0
+        self._eval_before = None
+        self._eval_said = None
+        self.last_eval = ""
+
+    def _total(self, split):
+        if split not in self.bad_records.splits:
+            return 0
+        return sum(self.bad_records.result(split).values())
+
+    def on_epoch_end(self, epoch, logs=None):
+        total = self._total("train")
+        if total > self._train_seen:
+            self._train_seen = total
+            self.printer(f"tf-lars-train: epoch {epoch + 1}: skipped so far in train: "
+                         f"{self.bad_records.describe('train')}", flush=True)
+
+    def on_test_begin(self, logs=None):
+        self._eval_before = self.bad_records.result(self.eval_split) \
+            if self.eval_split in self.bad_records.splits else None
+
+    def on_test_end(self, logs=None):
+        if self.eval_split not in self.bad_records.splits:
+            return
+        before = self._eval_before or {k: 0 for k in self.bad_records.KINDS}
+        now = self.bad_records.result(self.eval_split)
+        delta = {k: now[k] - before[k] for k in now}
+        self.last_eval = ", ".join(f"{n} {self.bad_records.WORDS[k]}"
+                                   for k, n in delta.items() if n)
+        if self.last_eval and self.last_eval != self._eval_said:
+            self._eval_said = self.last_eval
+            shards = self.bad_records.describe(self.eval_split)
+            self.printer(f"tf-lars-train: evaluation skipped in {self.eval_split}: "
+                         f"{self.last_eval} ({shards})", flush=True)
 
 
 class StopOnNaN(keras.callbacks.Callback):

@@ -8,6 +8,10 @@
 Writes to `--model_dir` (chief only): `flags.json` (every flag and the
 derived values), TensorBoard logs, `checkpoint.keras` each epoch, `backup/`
 (resumes a preempted run), `model.keras` and `summary.json` at the end.
+
+Exit status: 0 when trained (or already finished); 75 when stopped by
+SIGTERM after backing up (run the same command to resume); 1 with one
+`tf-lars-train: error:` line for bad flags, bad data or a lost worker.
 """
 
 import json
@@ -84,9 +88,14 @@ def setup():
             load_initial_weights(model, FLAGS.init_weights)
         model.compile(**recipe.compile_args(d, FLAGS), jit_compile=FLAGS.jit_compile,
                       steps_per_execution=FLAGS.steps_per_execution)
+    def train_data(skip_steps=0):
+        """The training input, starting after `skip_steps` global batches."""
+        return strategy.distribute_datasets_from_function(
+            inputs.dataset_fn(data, FLAGS.batch_size, True, bad_records,
+                              skip_steps=skip_steps))
+
     # Each worker's pipeline is built here, so too few shards fail before training.
-    train_ds = strategy.distribute_datasets_from_function(
-        inputs.dataset_fn(data, FLAGS.batch_size, True, bad_records))
+    train_data()
     # Evaluation and PreciseBN pipelines are iterated afresh each time: no
     # autotuning (see inputs.dataset_fn).
     eval_ds, test_ds = (strategy.distribute_datasets_from_function(
@@ -106,7 +115,7 @@ def setup():
         except ValueError as e:
             raise ValueError(f"--precise_bn_images: {e}; use 0 for --model={FLAGS.model}") \
                 from None
-    return strategy, chief, data, d, model, train_ds, (eval_ds, test_ds), bad_records, precise
+    return strategy, chief, data, d, model, train_data, (eval_ds, test_ds), bad_records, precise
 
 
 def callbacks_for(chief, bad_records, d):
@@ -120,16 +129,17 @@ def callbacks_for(chief, bad_records, d):
     nan = monitoring.StopOnNaN()
     backup = checkpoints.BackupAndRestore(
         os.path.join(FLAGS.model_dir or scratch, "backup"), chief=chief,
-        delete_checkpoint=False)
-    callbacks = [nan, backup, checkpoints.checkpoint_callback(out, chief, scratch),
-                 monitoring.StopAtStep(d["total_steps"], d["steps_per_epoch"])]
+        every_steps=FLAGS.backup_every_steps, delete_checkpoint=False)
+    stopper = monitoring.StopAtStep(d["total_steps"], d["steps_per_epoch"])
+    callbacks = [nan, backup, checkpoints.checkpoint_callback(out, chief, scratch), stopper]
     if chief:  # TensorBoard: the chief alone.
         callbacks += [keras.callbacks.TensorBoard(out, update_freq=FLAGS.log_every_steps),
                       # Per-epoch metrics as a table; appended to on resume.
                       keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
                       monitoring.TrainingMonitor(os.path.join(out, "train"), FLAGS.batch_size,
-                                                 FLAGS.log_every_steps, bad_records)]
-    return callbacks, nan, backup, out
+                                                 FLAGS.log_every_steps, bad_records),
+                      monitoring.SkippedRecords(bad_records, FLAGS.eval_split)]
+    return callbacks, nan, backup, stopper, out
 
 
 def flag_values():
@@ -144,14 +154,76 @@ def save_config(out, d, data):
                   default=str)
 
 
+def fit(model, train_data, d, callbacks, eval_ds, backup, stopper):
+    """Trains to the end of the run; the `History` of each `fit` call.
+
+    A backup made inside an epoch resumes there: one `fit` trains the rest
+    of that epoch, a second one the epochs after it. Seeded input resumes
+    where it stopped (`inputs.dataset_fn`'s `skip_steps`).
+    """
+    from tf_lars.training import checkpoints
+
+    spe = d["steps_per_epoch"]
+    saved = checkpoints.read_backup(backup.backup_dir) or {}
+    epoch, batch = saved.get("epoch", 0), saved.get("batch", 0)
+    args = dict(validation_data=eval_ds if FLAGS.eval_every_epochs else None,
+                validation_steps=d["eval_steps"],
+                validation_freq=max(1, FLAGS.eval_every_epochs), callbacks=callbacks,
+                verbose=FLAGS.verbose, shuffle=False)  # tf.data shuffles
+    histories = []
+    if batch and epoch < d["epochs"]:
+        backup.first_batch = stopper.first_batch = batch
+        histories.append(model.fit(train_data(epoch * spe + batch), initial_epoch=epoch,
+                                   epochs=epoch + 1, steps_per_epoch=spe - batch, **args))
+        epoch += 1
+        if model.stop_training or epoch >= d["epochs"]:
+            return histories
+    # steps_per_epoch is always given: without it Keras can advance the
+    # iteration count once more per epoch, shifting step-based schedules.
+    histories.append(model.fit(train_data(epoch * spe), initial_epoch=epoch,
+                               epochs=d["epochs"], steps_per_epoch=spe, **args))
+    return histories
+
+
+def explain(error, chief, data, strategy, bad, backup_dir):
+    """The one line for an error the user can act on, or None."""
+    from tf_lars.data import pipeline
+    from tf_lars.training import checkpoints, faults, strategy as strategies
+
+    offset = data.label_offset
+    if offset is None:
+        from tf_lars.data import schema
+
+        offset = schema.get(data.schema).label_offset
+    line = pipeline.explain(error, data.data_dir, data.num_classes, offset, bad)
+    if line or not strategies.is_multi_worker(strategy):
+        return line
+    lost = faults.worker_failure(error, strategies.task_name(strategy))
+    if lost is None:
+        return None
+    saved = checkpoints.read_backup(backup_dir)
+    where = (f"the last backup is at step {saved['step']} (epoch {saved['epoch'] + 1}"
+             f"{', batch %d' % saved['batch'] if saved.get('batch') else ''})"
+             if saved and "step" in saved else "no backup was made yet")
+    return (f"{lost or 'another worker'} stopped answering ({type(error).__name__}); "
+            f"{where} in {backup_dir}: start all workers again with the same command "
+            "to resume")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import tensorflow as tf
+
+    from tf_lars.training import faults, strategy as strategies
+
     try:
-        strategy, chief, data, d, model, train_ds, (eval_ds, test_ds), bad, precise = setup()
+        strategy, chief, data, d, model, train_data, (eval_ds, test_ds), bad, precise = setup()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"tf-lars-train: error: {e}")
-    callbacks, nan, backup, out = callbacks_for(chief, bad, d)
+    callbacks, nan, backup, stopper, out = callbacks_for(chief, bad, d)
+    preemption = faults.Preemption(backup, strategies.coordination(strategy))
+    skipped = next((c for c in callbacks if c.__class__.__name__ == "SkippedRecords"), None)
     # PreciseBN recomputes BatchNorm statistics when an evaluation begins.
     at_eval = [precise] if precise else []
     os.makedirs(out, exist_ok=True)
@@ -168,34 +240,50 @@ def main(argv):
                         "count again); a batch size that divides it evaluates it exactly",
                         d["eval_batch"], evaluated, data.eval_examples)
     start = time.time()
-    # steps_per_epoch is always given: without it Keras can advance the
-    # iteration count once more per epoch, shifting step-based schedules.
-    history = model.fit(
-        train_ds, epochs=d["epochs"], steps_per_epoch=d["steps_per_epoch"],
-        validation_data=eval_ds if FLAGS.eval_every_epochs else None,
-        validation_steps=d["eval_steps"], validation_freq=max(1, FLAGS.eval_every_epochs),
-        callbacks=callbacks + at_eval, verbose=FLAGS.verbose, shuffle=False)  # tf.data shuffles
-    seconds = time.time() - start
+    try:
+        histories = fit(model, train_data, d, callbacks + at_eval + [preemption], eval_ds,
+                        backup, stopper)
+        seconds = time.time() - start
+        if preemption.stopped_at is not None:
+            print(f"tf-lars-train: stopped by SIGTERM at step {preemption.stopped_at}; backed "
+                  f"up in {backup.backup_dir}: run the same command to resume there",
+                  flush=True)
+            sys.exit(faults.PREEMPTED_EXIT_CODE)
+        finish(model, histories, seconds, d, data, nan, backup, bad, at_eval, eval_ds,
+               test_ds, chief, out, skipped)
+    except tf.errors.OpError as e:
+        line = explain(e, chief, data, strategy, bad, backup.backup_dir)
+        if line is None:
+            raise
+        sys.exit(f"tf-lars-train: error: {line}")
+
+
+def finish(model, histories, seconds, d, data, nan, backup, bad, at_eval, eval_ds, test_ds,
+           chief, out, skipped):
+    """Final evaluation, summary, model and the run's last line."""
     if nan.message:
         sys.exit(f"tf-lars-train: training stopped: {nan.message}")
-    if backup.resumed_from_epoch is not None and not history.epoch:
+    epochs = [e for h in histories for e in h.epoch]
+    if backup.resumed_from_epoch is not None and not epochs:
         print(f"tf-lars-train: --model_dir {out} holds this run, already finished "
               f"({backup.resumed_at_step} steps); its model and summary are kept. "
               "Give a new --model_dir to train again.")
         return
+    history = histories[-1] if histories[-1].epoch else histories[0]
     freq = FLAGS.eval_every_epochs
-    if freq and history.epoch and (history.epoch[-1] + 1) % freq == 0:
+    if freq and epochs and (epochs[-1] + 1) % freq == 0:
         # The last epoch was validated: the final model's figures are those.
         results = {k: history.history[f"val_{k}"][-1] for k in ("accuracy", "top5", "loss")}
     else:
         results = model.evaluate(eval_ds, steps=d["eval_steps"], return_dict=True, verbose=0,
-                                 callbacks=at_eval)
+                                 callbacks=at_eval + ([skipped] if skipped else []))
     steps = int(model.optimizer.iterations.numpy())
     trained = steps - backup.resumed_at_step
     summary = dict(top1=results["accuracy"], top5=results["top5"], loss=results["loss"],
                    steps=steps, resumed_from_epoch=backup.resumed_from_epoch,
                    wall_seconds=seconds, images_per_second=trained * FLAGS.batch_size / seconds,
-                   skipped_records=bad.result(), epochs_run=len(history.epoch),
+                   skipped_records=bad.result(), epochs_run=len(epochs),
+                   skipped_by_split={k: bad.result(k) for k in bad.splits},
                    eval_split=FLAGS.eval_split)
     if test_ds is not None:
         tested = model.evaluate(test_ds, steps=d["test_steps"], return_dict=True, verbose=0)
@@ -205,13 +293,17 @@ def main(argv):
     if chief:
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
+    dropped = f" ({skipped.last_eval} skipped)" if skipped and skipped.last_eval else ""
+    train_skips = bad.describe("train") if "train" in bad.splits else ""
     print(f"tf-lars-train: {FLAGS.model} on {FLAGS.data_format}: top-1 {summary['top1']:.4f}, "
           f"top-5 {summary['top5']:.4f} on {d['eval_steps'] * d['eval_batch']} "
-          f"{FLAGS.eval_split} images; "
+          f"{FLAGS.eval_split} images{dropped}; "
           + (f"test top-1 {summary['test_top1']:.4f} on {FLAGS.test_split}; "
              if test_ds is not None else "") +
           f"{steps} steps at batch {FLAGS.batch_size}; {seconds:.0f} s, "
-          f"{summary['images_per_second']:.0f} images/s; logs: tensorboard --logdir {out}")
+          f"{summary['images_per_second']:.0f} images/s; "
+          + (f"skipped in train: {train_skips}; " if train_skips else "") +
+          f"logs: tensorboard --logdir {out}")
 
 
 def run():

@@ -8,14 +8,29 @@ One stage a line (see `make_dataset`): list files -> shard files per worker
         lambda ctx: make_dataset(..., input_context=ctx))
 
 Bad input does not end a run. A shard that is truncated or corrupt keeps the
-records before the damage; a record whose JPEG is not whole (no start or end
-marker) or whose label is outside [0, num_classes) is dropped. Each is
-counted in a `BadRecords` (shown by the trainer in TensorBoard). Anything
-else that fails to decode is dropped and logged by tf.data. With
-`strict=True` each of these raises instead, naming the shard.
+records before the damage; a record whose JPEG is not whole or whose label is
+outside [0, num_classes) is dropped. Each is counted, per split and with the
+last shard where it was seen, in a `BadRecords` (the trainer prints it and
+writes it to TensorBoard). With `strict=True` each of these raises instead,
+naming the shard (`explain` turns the error into one line).
+
+"Whole" means: starts with the JPEG start-of-image marker (FF D8) and holds
+an end-of-image marker (FF D9) after it. That catches records that are not
+JPEGs and JPEGs cut short. Bytes after the end marker (camera and editor
+trailers) are allowed: TensorFlow decodes such files whole. The check cannot
+see damage inside the entropy-coded data (it decodes, with a libjpeg warning,
+into wrong pixels), nor a cut-short file that still holds an end marker from
+an embedded thumbnail (it fails to decode; tf.data drops it with a logged
+warning, and it is not counted).
+
+A split that yields no usable record at all (every label out of range, as
+with a wrong label offset or TFDS's unlabelled `test` split) would make a
+repeating pipeline spin forever; after `max_unusable` records without a
+usable one the pipeline fails instead, and `explain` says what was dropped.
 """
 
 import os
+import re
 
 import tensorflow as tf
 
@@ -28,25 +43,105 @@ RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + 2 CRCs (4 + 4) bytes.
 REMOTE_READ_BUFFER = 8 << 20
 
 
-class BadRecords:
-    """Counters of what the pipeline skipped, one `tf.Variable` each.
+# Tags of the pipeline's assertions, read back by `explain`.
+_TAG_DAMAGED = "tf_lars: damaged shard"
+_TAG_IMAGE = "tf_lars: not a whole JPEG"
+_TAG_LABEL = "tf_lars: label out of range"
+_TAG_UNUSABLE = "tf_lars: no usable record"
 
-    Create it outside any `strategy.scope()` (it lives on this host's CPU).
+
+class SplitCounts:
+    """What one split's pipelines read: usable records and each kind of bad
+    input, with the last shard where each kind was seen (host variables)."""
+
+    def __init__(self, split):
+        self.split = split
+        with tf.init_scope(), tf.device("CPU:0"):
+            self.usable = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.counts = {k: tf.Variable(0, dtype=tf.int64, trainable=False)
+                           for k in BadRecords.KINDS}
+            self.shards = {k: tf.Variable("", dtype=tf.string, trainable=False)
+                           for k in BadRecords.KINDS}
+
+    def count(self, kind, flag, shard):
+        """Counts `flag` (a bool) as `kind`; returns the kind's new count."""
+        tf.cond(flag, lambda: self.shards[kind].assign(shard, read_value=False), tf.no_op)
+        return self.counts[kind].assign_add(tf.cast(flag, tf.int64))
+
+    def result(self):
+        return {k: int(v.numpy()) for k, v in self.counts.items()}
+
+    def last_shards(self):
+        return {k: v.numpy().decode() for k, v in self.shards.items()}
+
+
+class BadRecords:
+    """What the pipelines skipped, counted per split (`SplitCounts`).
+
+    `result()` gives the totals by kind; `describe()` a line for people.
     """
 
     KINDS = ("damaged_shards", "bad_images", "bad_labels")
+    WORDS = {"damaged_shards": "damaged shards", "bad_images": "records without a whole JPEG",
+             "bad_labels": "records with labels out of range"}
+    WORD = {"damaged_shards": "damaged shard", "bad_images": "record without a whole JPEG",
+            "bad_labels": "record with a label out of range"}
 
     def __init__(self):
-        with tf.device("CPU:0"):
-            self.variables = {
-                k: tf.Variable(0, dtype=tf.int64, trainable=False, name=k)
-                for k in self.KINDS}
+        self.splits = {}
 
-    def count(self, kind, flag):
-        self.variables[kind].assign_add(tf.cast(flag, tf.int64))
+    def split(self, name):
+        if name not in self.splits:
+            self.splits[name] = SplitCounts(name)
+        return self.splits[name]
 
-    def result(self):
-        return {k: int(v.numpy()) for k, v in self.variables.items()}
+    def result(self, split=None):
+        """`{kind: count}`, over every split or for one."""
+        parts = [self.splits[split]] if split else list(self.splits.values())
+        return {k: sum(p.result()[k] for p in parts) for k in self.KINDS}
+
+    def describe(self, split):
+        """E.g. '3 records with labels out of range (last in train-00002-of-00004)'."""
+        counts = self.splits[split]
+        shards = counts.last_shards()
+        return "; ".join(
+            f"{n} {self.WORDS[k] if n > 1 else self.WORD[k]} (last in "
+            f"{os.path.basename(shards[k])})" for k, n in counts.result().items() if n)
+
+
+def explain(error, data_dir=None, num_classes=None, label_offset=None, bad_records=None):
+    """One line for a pipeline assertion in `error` (an exception), or None.
+
+    The flags that change the outcome are named as the trainer spells them.
+    """
+    text = str(error)
+    for tag in (_TAG_DAMAGED, _TAG_IMAGE, _TAG_LABEL, _TAG_UNUSABLE):
+        found = re.search(r"\[" + re.escape(tag) + r"\]((?: \[[^\]\n]*\])*)", text)
+        if found:
+            values = re.findall(r"\[([^\]\n]*)\]", found.group(1))
+            break
+    else:
+        return None
+    if tag == _TAG_DAMAGED:
+        return (f"--strict_data: shard {values[0]} is truncated or corrupt: re-create it, "
+                "or run without --strict_data to keep the records before the damage")
+    if tag == _TAG_IMAGE:
+        return (f"--strict_data: a record of shard {values[0]} holds no whole JPEG: "
+                "re-create the shard, or run without --strict_data to skip such records")
+    if tag == _TAG_LABEL:
+        stored, classes, offset, shard = values
+        return (f"--strict_data: a record of shard {shard} stores label {stored}, outside "
+                f"{offset}..{int(classes) - 1 + int(offset)} (--num_classes={classes}, "
+                f"--label_offset={offset}): check those two flags, or run without "
+                "--strict_data to skip such records")
+    split, read, stored = values
+    counts = bad_records.describe(split) if bad_records and split in bad_records.splits else ""
+    where = f" of {data_dir}" if data_dir else ""
+    return (f"split {split!r}{where} has no usable record in the first {read} read "
+            f"({counts or 'all dropped'}; last label stored: {stored}); labels must lie in "
+            f"{label_offset}..{num_classes - 1 + label_offset} (--num_classes={num_classes}, "
+            f"--label_offset={label_offset}): check those two flags and the split "
+            "(TFDS's test split stores no labels, only -1)")
 
 
 def list_files(data_dir, split, data_format="imagenet"):
@@ -66,7 +161,7 @@ def list_files(data_dir, split, data_format="imagenet"):
     return files
 
 
-def _read_shard(filename, size, strict, bad, buffer_size=None, chunk=64):
+def _read_shard(filename, size, strict, counts, buffer_size=None, chunk=64):
     """Records of one shard, each with the shard's name.
 
     The bytes read are added up; at the end of the shard they must equal the
@@ -76,7 +171,9 @@ def _read_shard(filename, size, strict, bad, buffer_size=None, chunk=64):
     every record would cost more than the sums themselves.
     """
     records = tf.data.TFRecordDataset(filename, buffer_size=buffer_size)
-    chunks = records.ignore_errors(log_warning=True).batch(chunk)
+    # The reader's own warning gives a byte offset without the file; the
+    # count below names the shard instead.
+    chunks = records.ignore_errors(log_warning=False).batch(chunk)
     chunks = chunks.map(lambda r: (r, False)).concatenate(
         tf.data.Dataset.from_tensors((tf.constant([], tf.string), True)))
 
@@ -89,10 +186,9 @@ def _read_shard(filename, size, strict, bad, buffer_size=None, chunk=64):
 
     def keep(chunk_records, end, damaged):
         if strict:
-            tf.debugging.Assert(tf.logical_not(damaged), [
-                "truncated or corrupt TFRecord shard (re-create it):", filename])
+            tf.debugging.Assert(tf.logical_not(damaged), [_TAG_DAMAGED, filename])
         else:
-            bad.count("damaged_shards", damaged)
+            counts.count("damaged_shards", damaged, filename)
         return tf.logical_not(end)
 
     chunks = chunks.scan(tf.constant(0, tf.int64), add_bytes).filter(keep)
@@ -100,17 +196,23 @@ def _read_shard(filename, size, strict, bad, buffer_size=None, chunk=64):
         chunk_records, tf.fill(tf.shape(chunk_records), filename))).unbatch()
 
 
+def _has_end_marker(data):
+    """Whether the bytes `data` hold FF D9 anywhere."""
+    b = tf.io.decode_raw(data, tf.uint8)
+    return tf.reduce_any(tf.logical_and(tf.equal(b[:-1], 0xFF), tf.equal(b[1:], 0xD9)))
+
+
 def _jpeg_is_whole(jpeg):
-    """Starts with the JPEG start marker and has the end marker near its end."""
+    """Starts with the start-of-image marker and holds an end-of-image marker
+    after it. Most JPEGs end with the marker: only when the last 32 bytes
+    lack it (a trailer, or a cut) is the whole file searched."""
     length = tf.strings.length(jpeg)
-    starts = tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8")
-    tail = tf.io.decode_raw(tf.strings.substr(jpeg, tf.maximum(length - 32, 0), 32), tf.uint8)
-    ends = tf.reduce_any(tf.logical_and(tf.equal(tail[:-1], 0xFF), tf.equal(tail[1:], 0xD9)))
-    return tf.logical_and(starts, tf.logical_and(length >= 32, ends))
-
-
-def _is_ok(image, label, ok):
-    return ok
+    starts = tf.logical_and(length >= 4,
+                            tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8"))
+    near_end = _has_end_marker(tf.strings.substr(jpeg, tf.maximum(length - 32, 2), 32))
+    return tf.logical_and(starts, tf.cond(
+        near_end, lambda: True,
+        lambda: _has_end_marker(tf.strings.substr(jpeg, 2, length))))
 
 
 def _drop_ok(images, labels, ok):
@@ -122,7 +224,7 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
                  dtype=tf.float32, num_classes=1000, label_offset=None,
                  input_context=None, shuffle_buffer=10_000, seed=None,
                  strict=False, bad_records=None, cache_eval=False,
-                 preset_overrides=None, repeat=None):
+                 preset_overrides=None, repeat=None, max_unusable=1000, skip=0):
     """A batched `(images, labels)` dataset for one input pipeline.
 
     Args:
@@ -140,15 +242,20 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
         seed: makes the whole pipeline deterministic (ordered, seeded).
         strict: raise, naming the shard, instead of skipping bad input.
         bad_records: a `BadRecords` to count skipped input in.
+        max_unusable: fail after this many records read without a usable
+            one (a split whose every record is dropped would otherwise spin).
+        skip: records to pass over before the first one used (a resumed
+            run's position in a seeded stream); they are read, not decoded.
         cache_eval: keep the decoded evaluation set in memory.
         repeat: repeat endlessly, in full batches (default: when training).
             Distributed evaluation repeats and runs a fixed number of steps,
             so that every worker runs the same number of batches.
     """
     schema = schemas.get(data_format)
+    offset = schema.label_offset if label_offset is None else label_offset
     recipe = preprocessing.get_preset(preset, **(preset_overrides or {}))
     context = input_context or tf.distribute.InputContext()
-    bad = bad_records or BadRecords()
+    counts = (bad_records or BadRecords()).split(split)
     deterministic = seed is not None or not training  # evaluation: in file order
     files = list_files(data_dir, split, data_format)
     if len(files) < context.num_input_pipelines:
@@ -172,14 +279,14 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
                                            boxes=training and recipe.use_boxes)
         whole = _jpeg_is_whole(jpeg)
         label_ok = tf.logical_and(label >= 0, label < num_classes)
+        stored = label + offset
         if strict:
-            tf.debugging.Assert(whole, ["unreadable JPEG in shard", shard])
-            tf.debugging.Assert(label_ok, ["label", label, "outside [0,",
-                                           num_classes, ") in shard", shard])
-        else:
-            bad.count("bad_images", tf.logical_not(whole))
-            bad.count("bad_labels", tf.logical_and(whole, tf.logical_not(label_ok)))
+            tf.debugging.Assert(whole, [_TAG_IMAGE, shard])
+            tf.debugging.Assert(label_ok, [_TAG_LABEL, stored, num_classes, offset, shard])
         ok = tf.logical_and(whole, label_ok)
+        counts.count("bad_images", tf.logical_not(whole), shard)
+        counts.count("bad_labels", tf.logical_and(whole, tf.logical_not(label_ok)), shard)
+        counts.usable.assign_add(tf.cast(ok, tf.int64))
         jpeg = tf.where(ok, jpeg, stand_in)
         if not training:
             return preprocessing.eval_image(jpeg, image_size, recipe, channels, dtype), label, ok
@@ -192,20 +299,30 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
     ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
     ds = ds.shuffle(len(files), seed=seed) if training else ds
     buffer_size = REMOTE_READ_BUFFER if "://" in files[0] else None
-    ds = ds.interleave(lambda f, n: _read_shard(f, n, strict, bad, buffer_size),
+    ds = ds.interleave(lambda f, n: _read_shard(f, n, strict, counts, buffer_size),
                        cycle_length=min(16, len(files)), block_length=1,
                        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.shuffle(shuffle_buffer, seed=seed) if training else ds
     repeat = training if repeat is None else repeat
     ds = ds.repeat() if repeat and not (cache_eval and not training) else ds
     if seed is None:
+        ds = ds.skip(skip) if skip else ds
         ds = ds.map(lambda record, shard: decode(None, record, shard),
                     num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     else:  # Each element's crop and flip are seeded by its position.
-        ds = ds.enumerate().map(lambda index, element: decode(index, *element),
-                                num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.enumerate().skip(skip) if skip else ds.enumerate()
+        ds = ds.map(lambda index, element: decode(index, *element),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds if strict else ds.ignore_errors(log_warning=True)
-    ds = ds.filter(_is_ok)
+
+    def is_ok(image, label, ok):
+        """Keeps usable records; fails when none came in `max_unusable` read."""
+        dropped = counts.counts["bad_images"] + counts.counts["bad_labels"]
+        tf.debugging.Assert(tf.logical_or(counts.usable > 0, dropped < max_unusable),
+                            [_TAG_UNUSABLE, split, dropped, label + offset])
+        return ok
+
+    ds = ds.filter(is_ok)
     if cache_eval and not training:
         ds = ds.cache().repeat() if repeat else ds.cache()
     ds = ds.batch(batch_size, drop_remainder=repeat).map(_drop_ok)

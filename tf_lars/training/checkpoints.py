@@ -11,6 +11,7 @@ import json
 import os
 
 import keras
+import tensorflow as tf
 
 # Flags that say where and how a run executes, not what it trains: a
 # preempted run may resume with other values of these (on other machines, a
@@ -18,7 +19,7 @@ import keras
 MAY_CHANGE_ON_RESUME = frozenset({
     "data_dir", "strategy", "tpu", "collective_communication", "cpu_devices", "model_dir",
     "scratch_dir", "log_every_steps", "log_trust_ratios", "verbose", "cache_eval",
-    "jit_compile", "steps_per_execution", "deterministic"})
+    "jit_compile", "steps_per_execution", "deterministic", "backup_every_steps"})
 
 
 def check_resume(model_dir, flag_values):
@@ -46,30 +47,80 @@ def check_resume(model_dir, flag_values):
             f"flags, or give a new --model_dir")
 
 
-class BackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`keras.callbacks.BackupAndRestore` whose non-chief workers only read.
+def read_backup(backup_dir):
+    """`{"epoch", "batch", "step"}` of the backup in `backup_dir`, or None.
 
-    A restarted run resumes at the start of the epoch after the last one
-    backed up, with the weights, the optimizer's slots and its iteration
-    count as they were, so it ends after as many steps as an uninterrupted run.
+    `epoch` is the epoch the run resumes in and `batch` the batches of it
+    already trained (0 for a backup made at an epoch's end); `step` the
+    optimizer steps trained in all (absent from backups of older versions).
+    """
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose non-chief workers only read,
+    which can also back up inside an epoch.
+
+    Keras's own callback restores the epoch number alone: a backup made
+    inside an epoch would replay that epoch from its first batch while the
+    optimizer's step count (and so the schedule) went on. Here a backup
+    records the batches of the epoch already trained and the step count
+    (`read_backup`); the trainer then trains only the rest of that epoch
+    and starts its seeded input stream where it stopped. A restarted run
+    therefore ends after as many steps as an uninterrupted one.
+
+    `every_steps` > 0 also backs up every that many steps.
     """
 
-    def __init__(self, backup_dir, chief=True, **kwargs):
+    def __init__(self, backup_dir, chief=True, every_steps=0, **kwargs):
         super().__init__(backup_dir, **kwargs)
         self.chief = chief
+        self.every_steps = every_steps
         self.resumed_from_epoch = None
         self.resumed_at_step = 0  # the optimizer's iteration count when restored
+        self.first_batch = 0      # batches of the first epoch trained before this fit
+        self._epoch = 0
+        self._last_step_saved = None
+
+    def _steps(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def _load_model(self):
         super()._load_model()
-        self.resumed_from_epoch = getattr(self.model, "_initial_epoch", None)
-        if self.resumed_from_epoch is not None:
-            self.resumed_at_step = int(keras.ops.convert_to_numpy(
-                self.model.optimizer.iterations))
+        if self.resumed_from_epoch is None:  # (a resumed epoch's rest is a fit of its own)
+            self.resumed_from_epoch = getattr(self.model, "_initial_epoch", None)
+            if self.resumed_from_epoch is not None:
+                self.resumed_at_step = self._steps()
 
-    def _save_model(self):
-        if self.chief:
-            super()._save_model()
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.first_batch = 0
+        self.save(epoch + 1, 0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every_steps and self._steps() % self.every_steps == 0:
+            self.save(self._epoch, self.first_batch + batch + 1)
+
+    def save(self, epoch, batch):
+        """Backs up now: `batch` batches of `epoch` are trained (chief only)."""
+        step = self._steps()
+        if not self.chief or step == self._last_step_saved:
+            return
+        tf.io.gfile.makedirs(self.backup_dir)
+        self.model.save_weights(filepath=self._weights_path, overwrite=True)
+        # Written after the weights, through a rename: a backup is never
+        # described by metadata of another one.
+        partial = self._training_metadata_path + ".partial"
+        with tf.io.gfile.GFile(partial, "w") as f:
+            f.write(json.dumps({"epoch": epoch, "batch": batch, "step": step}))
+        tf.io.gfile.rename(partial, self._training_metadata_path, overwrite=True)
+        self._last_step_saved = step
 
     def on_train_end(self, logs=None):
         if self.chief:

@@ -112,6 +112,10 @@ def define(flag_values=flags.FLAGS):
     d.DEFINE_string("scratch_dir", None, "Where non-chief workers write (default: a "
                     "temporary folder).")
     d.DEFINE_boolean("log_trust_ratios", False, "Log LARS's per-layer trust ratios.")
+    d.DEFINE_integer("backup_every_steps", 0, "Also back up every N steps inside an "
+                     "epoch (0: at each epoch's end only); a restarted run resumes at the "
+                     "last backup's step. SIGTERM always backs up before stopping.",
+                     lower_bound=0)
     d.DEFINE_integer("log_every_steps", 10, "Steps between step-level TensorBoard logs.")
     d.DEFINE_integer("precise_bn_images", 0, "Before each evaluation, recompute "
                      "BatchNorm's moving mean and variance from this many training images "

@@ -71,7 +71,7 @@ def _one_hot(num_classes):
     return convert
 
 
-def synthetic(data, context, global_batch_size):
+def synthetic(data, context, global_batch_size, skip_steps=0):
     """A fixed stream of global batches of random uint8 images.
 
     Example `i` of the stream is a function of `i` alone, and each replica
@@ -90,13 +90,13 @@ def synthetic(data, context, global_batch_size):
         pixels = tf.random.stateless_uniform(shape, [seed, i % 4096], 0, 256, tf.int32)
         return tf.cast(pixels, tf.uint8), tf.cast(i % data.num_classes, tf.int32)
 
-    ds = tf.data.Dataset.range(tf.int64.max).flat_map(lambda b: tf.data.Dataset.range(per_replica).map(
-        lambda k: example(b, k)))
+    ds = tf.data.Dataset.range(skip_steps * replicas_here, tf.int64.max).flat_map(
+        lambda b: tf.data.Dataset.range(per_replica).map(lambda k: example(b, k)))
     return ds.batch(per_replica, drop_remainder=True)
 
 
 def dataset_fn(data, global_batch_size, training, bad_records=None, split=None,
-               autotune=True):
+               autotune=True, skip_steps=0):
     """A function of `tf.distribute.InputContext`, for
     `strategy.distribute_datasets_from_function`, yielding uint8 images
     (normalized inside the model) and one-hot labels from `split` (default:
@@ -107,6 +107,11 @@ def dataset_fn(data, global_batch_size, training, bad_records=None, split=None,
     for its autotuning thread to wake (seen: 2 to 5 s, every core idle, in
     about 40% of deletions), and each `evaluate` or `predict` call deletes
     one. Without it, maps still run one call per core.
+
+    `skip_steps`: global batches already trained (a resumed run). A seeded
+    stream (synthetic data, or shards with a seed) starts after them, as an
+    uninterrupted run would go on; an unseeded one is random anyway and
+    starts afresh.
     """
     split = split or ("train" if training else "validation")
     options = tf.data.Options()
@@ -114,8 +119,10 @@ def dataset_fn(data, global_batch_size, training, bad_records=None, split=None,
 
     def make(context):
         if data.data_format == "synthetic":
-            ds = synthetic(data, context, global_batch_size)
+            ds = synthetic(data, context, global_batch_size, skip_steps)
         else:
+            seeded = data.seed is not None and training
+            skip = skip_steps * global_batch_size // context.num_input_pipelines if seeded else 0
             ds = pipeline.make_dataset(
                 data.data_dir, split, training=training,
                 global_batch_size=global_batch_size, image_size=data.image_size,
@@ -123,7 +130,7 @@ def dataset_fn(data, global_batch_size, training, bad_records=None, split=None,
                 dtype=tf.uint8, num_classes=data.num_classes, label_offset=data.label_offset,
                 input_context=context, shuffle_buffer=data.shuffle_buffer, seed=data.seed,
                 strict=data.strict, bad_records=bad_records, cache_eval=data.cache_eval,
-                repeat=True)
+                repeat=True, skip=skip)
         ds = ds.map(_one_hot(data.num_classes)).prefetch(tf.data.AUTOTUNE)
         return ds.with_options(options)
     return make

@@ -96,3 +96,27 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def is_multi_worker(strategy):
+    """True for a strategy that spans several worker processes."""
+    extended = getattr(strategy, "extended", None)
+    return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)())
+
+
+def task_name(strategy):
+    """'worker 0', 'chief 0', ...: this process's task ('' outside a cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return ""
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+def coordination(strategy):
+    """TensorFlow's eager context, whose coordination service the workers of
+    a multi-worker run share (a key-value store); None for one process."""
+    if not is_multi_worker(strategy):
+        return None
+    from tensorflow.python.eager import context
+
+    return context.context()

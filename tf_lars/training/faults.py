@@ -1,0 +1,101 @@
+"""What the trainer does when a run is stopped or its input fails.
+
+* `Preemption`: SIGTERM (the notice preemptible VMs and TPU hosts get) makes
+  the run back up at the end of the step in progress and stop; under
+  multi-worker runs the workers first agree on that step through
+  TensorFlow's coordination service, so that they stop together.
+* `explain`: one line for the errors a user can act on (bad input under
+  `--strict_data`, a split with no usable record, a worker that stopped
+  answering), naming the flag or file and what to do.
+"""
+
+import re
+import signal
+import threading
+
+import keras
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: start the same command again.
+_STOP_KEY = "tf_lars_stop_at_step"
+
+
+class Preemption(keras.callbacks.Callback):
+    """On SIGTERM: back up at the end of a step, then stop training.
+
+    Args:
+        backup: the run's `checkpoints.BackupAndRestore`.
+        coordination: under multi-worker runs, TensorFlow's eager context
+            (its coordination service's key-value store carries the step at
+            which every worker stops); None for one process.
+        margin: steps between the notice and the stop, for the other workers
+            to hear of it (each step waits for every worker anyway).
+    """
+
+    def __init__(self, backup, coordination=None, margin=2):
+        super().__init__()
+        self.backup = backup
+        self.coordination = coordination
+        self.margin = margin if coordination is not None else 0
+        self.stop_at = None        # the agreed step
+        self.stopped_at = None     # the step backed up when stopping
+        self._epoch = 0
+        self._previous = None
+
+    def _steps(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_begin(self, logs=None):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self.coordination is not None and self.stop_at is None:
+            threading.Thread(target=self._listen, daemon=True).start()
+
+    def _on_sigterm(self, signum, frame):
+        step = self._steps() + self.margin
+        if self.coordination is None:
+            self.stop_at = step
+            return
+        try:  # The first worker to hear it sets the step for all.
+            self.coordination.set_config_key_value(_STOP_KEY, str(step))
+        except Exception:  # noqa: BLE001 (set already, by another worker)
+            pass
+
+    def _listen(self):
+        """Waits (a thread) for any worker's notice: the step to stop at."""
+        try:
+            self.stop_at = int(self.coordination.get_config_key_value(_STOP_KEY))
+        except Exception:  # noqa: BLE001 (the service ended with the run)
+            pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.stop_at is None or self._steps() < self.stop_at:
+            return
+        self.backup.save(self._epoch, self.backup.first_batch + batch + 1)
+        self.stopped_at = self._steps()
+        self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+_PEER_FAULTS = ("unhealthy", "heartbeat", "Socket closed", "failed to connect",
+                "Connection reset", "connection refused", "unavailable", "UNAVAILABLE",
+                "peer", "Collective ops is aborted", "cluster")
+
+
+def worker_failure(error, this_task):
+    """The task (e.g. 'worker 1') a collective or coordination `error` blames,
+    other than `this_task` ('worker 0'); '' when it names none; None when the
+    error is not a lost peer."""
+    text = str(error)
+    if not any(word in text for word in _PEER_FAULTS):
+        return None
+    tasks = [f"{job} {task}" for job, task in _TASK.findall(text)]
+    others = [t for t in dict.fromkeys(tasks) if t != this_task]
+    return others[0] if others else ""
