@@ -157,8 +157,7 @@ class SkippedRecords(keras.callbacks.Callback):
         before = self._eval_before or {k: 0 for k in self.bad_records.KINDS}
         now = self.bad_records.result(self.eval_split)
         delta = {k: now[k] - before[k] for k in now}
-        self.last_eval = ", ".join(f"{n} {self.bad_records.WORDS[k]}"
-                                   for k, n in delta.items() if n)
+        self.last_eval = ", ".join(self.bad_records.say(k, n) for k, n in delta.items() if n)
         if self.last_eval and self.last_eval != self._eval_said:
             self._eval_said = self.last_eval
             shards = self.bad_records.describe(self.eval_split)

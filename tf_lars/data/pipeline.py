@@ -104,9 +104,13 @@ class BadRecords:
         """E.g. '3 records with labels out of range (last in train-00002-of-00004)'."""
         counts = self.splits[split]
         shards = counts.last_shards()
-        return "; ".join(
-            f"{n} {self.WORDS[k] if n > 1 else self.WORD[k]} (last in "
-            f"{os.path.basename(shards[k])})" for k, n in counts.result().items() if n)
+        return "; ".join(f"{self.say(k, n)} (last in {os.path.basename(shards[k])})"
+                         for k, n in counts.result().items() if n)
+
+    @classmethod
+    def say(cls, kind, n):
+        """'1 damaged shard', '3 damaged shards'."""
+        return f"{n} {cls.WORDS[kind] if n != 1 else cls.WORD[kind]}"
 
 
 def explain(error, data_dir=None, num_classes=None, label_offset=None, bad_records=None):
@@ -319,7 +323,7 @@ def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
         """Keeps usable records; fails when none came in `max_unusable` read."""
         dropped = counts.counts["bad_images"] + counts.counts["bad_labels"]
         tf.debugging.Assert(tf.logical_or(counts.usable > 0, dropped < max_unusable),
-                            [_TAG_UNUSABLE, split, dropped, label + offset])
+                            [_TAG_UNUSABLE, split, max_unusable, label + offset])
         return ok
 
     ds = ds.filter(is_ok)

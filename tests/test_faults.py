@@ -1,0 +1,222 @@
+"""Faults and bad input: what is skipped, what stops, and the one line that says so."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import keras
+
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("tf.data pipelines and the trainer need TensorFlow", allow_module_level=True)
+
+import tensorflow as tf  # noqa: E402
+
+from tf_lars.data import pipeline  # noqa: E402
+from test_data import COMMON, example, jpeg, read_all, write_damaged, write_shards  # noqa: E402
+from test_training import TINY, env, last_line, train, weights_of  # noqa: E402
+
+IMAGES = ["--data_format=imagenet", "--model=resnet8", "--image_size=32", "--num_classes=10",
+          "--batch_size=8", "--learning_rate=0.1", "--epochs=1", "--eval_every_epochs=0",
+          "--verbose=0", "--shuffle_buffer=16"]
+
+
+# 1. A split with no usable record.
+
+def test_a_split_without_usable_records_fails_in_seconds_naming_counts(tmp_path):
+    # Stored labels 0 under ImageNet's offset 1: every label is -1.
+    write_shards(tmp_path, shards=2, per_shard=5, label_of=lambda s, k: 0)
+    bad = pipeline.BadRecords()
+    ds = pipeline.make_dataset(str(tmp_path), "train", training=True, global_batch_size=4,
+                               bad_records=bad, max_unusable=200, **COMMON)
+    start = time.time()
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        next(iter(ds))
+    assert time.time() - start < 30
+    line = pipeline.explain(info.value, str(tmp_path), 10, 1, bad)
+    assert line.startswith(f"split 'train' of {tmp_path} has no usable record in the first ")
+    assert "records with labels out of range (last in train-0000" in line
+    assert "last label stored: 0" in line and "--label_offset=1" in line
+    assert bad.result("train")["bad_labels"] >= 200 and bad.result("train")["bad_images"] == 0
+
+
+def test_a_few_usable_records_among_many_bad_ones_still_train(tmp_path):
+    # One good record in 30, within the first `max_unusable` read: the
+    # pipeline yields it pass after pass, hundreds of bad records later.
+    write_shards(tmp_path, shards=3, per_shard=10,
+                 label_of=lambda s, k: 3 if (s, k) == (2, 9) else 99)
+    ds = pipeline.make_dataset(str(tmp_path), "train", training=True, global_batch_size=4,
+                               max_unusable=31, **COMMON)
+    _, labels = next(iter(ds))
+    assert labels.numpy().tolist() == [2, 2, 2, 2]
+
+
+def test_trainer_ends_an_all_bad_split_with_one_line(tmp_path):
+    data = tmp_path / "data"
+    write_shards(data, shards=2, per_shard=4, label_of=lambda s, k: -1)
+    write_shards(data, split="validation", shards=1, per_shard=4)
+    start = time.time()
+    result = train(*IMAGES, f"--data_dir={data}", f"--model_dir={tmp_path / 'run'}",
+                   "--train_examples=64", "--eval_examples=4", timeout=240)
+    seconds = time.time() - start
+    assert result.returncode == 1
+    line = last_line(result)
+    assert line.startswith(f"tf-lars-train: error: split 'train' of {data} has no usable "
+                           "record in the first 1000 read ("), result.stderr[-3000:]
+    assert "last label stored: -1" in line and "labels must lie in 1..10" in line
+    assert seconds < 120, seconds
+
+
+# 2. Good JPEGs are kept, whatever follows their end marker.
+
+def _pil_jpeg(mode, **save):
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    image = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).convert(mode)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", **save)
+    return out.getvalue()
+
+
+def test_jpegs_that_tensorflow_decodes_are_never_dropped(tmp_path):
+    base = jpeg(5)
+    rng = np.random.default_rng(0)
+    # Trailers of 0 bytes to 64 KB; random bytes hold stray markers too.
+    kept = [base + rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+            for n in (0, 1, 2, 31, 32, 33, 100, 4096, 65536)]
+    kept += [base + b"\xff\xd8" + b"\0" * 64]  # a trailer that starts like a JPEG
+    kept += [_pil_jpeg("RGB", progressive=True), _pil_jpeg("L"), _pil_jpeg("CMYK")]
+    for data in kept:  # TensorFlow decodes each whole.
+        assert tf.io.decode_jpeg(data, channels=3).shape[2] == 3
+    dropped = [base[:len(base) // 2], base[:-2], b"GIF89a" + base[6:], b""]
+    with tf.io.TFRecordWriter(str(tmp_path / "validation-00000-of-00001")) as w:
+        for k, data in enumerate(kept + dropped):
+            w.write(example(data, k % 10 + 1))
+    bad = pipeline.BadRecords()
+    _, labels = read_all(pipeline.make_dataset(
+        str(tmp_path), "validation", training=False, global_batch_size=1, bad_records=bad,
+        **COMMON))
+    assert labels.tolist() == [k % 10 for k in range(len(kept))]
+    assert bad.result() == {"damaged_shards": 0, "bad_images": len(dropped), "bad_labels": 0}
+
+
+# 3. Skipped input on the console; 4. --strict_data in one line.
+
+def test_skipped_records_are_said_on_the_console_and_in_the_final_line(tmp_path):
+    data = tmp_path / "data"
+    write_shards(data, shards=2, per_shard=8)
+    write_damaged(data / "v")
+    for name in os.listdir(data / "v"):  # damaged shards as the validation split
+        os.rename(data / "v" / name, data / name.replace("train", "validation"))
+    result = train(*IMAGES, f"--data_dir={data}", f"--model_dir={tmp_path / 'run'}",
+                   "--train_examples=16", "--eval_examples=4", "--eval_batch_size=4",
+                   "--eval_every_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = ("1 damaged shard, 2 records without a whole JPEG, 1 record with a label out "
+               "of range")
+    assert (f"tf-lars-train: evaluation skipped in validation: {skipped} (1 damaged shard "
+            "(last in validation-00001-of-00002); ") in result.stdout
+    final = result.stdout.strip().splitlines()[-1]
+    assert f"on 4 validation images ({skipped} skipped)" in final
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_by_split"]["train"] == {
+        "damaged_shards": 0, "bad_images": 0, "bad_labels": 0}
+    assert summary["skipped_by_split"]["validation"]["bad_labels"] >= 1
+
+
+@pytest.mark.parametrize("damage", ["label", "shard"])
+def test_strict_data_ends_with_one_line_naming_the_shard(tmp_path, damage):
+    data = tmp_path / "data"
+    truncated = write_damaged(data)
+    if damage == "shard":
+        os.remove(data / "train-00000-of-00002")
+    else:  # Shard 0 holds only its record labelled 11.
+        os.remove(truncated)
+        with tf.io.TFRecordWriter(str(data / "train-00000-of-00002")) as w:
+            w.write(example(jpeg(1), 11))
+    write_shards(data, split="validation", shards=1, per_shard=4)
+    result = train(*IMAGES, f"--data_dir={data}", f"--model_dir={tmp_path / 'run'}",
+                   "--train_examples=16", "--eval_examples=4", "--strict_data")
+    assert result.returncode == 1
+    line = last_line(result)
+    if damage == "shard":
+        assert line == (f"tf-lars-train: error: --strict_data: shard {truncated} is truncated "
+                        "or corrupt: re-create it, or run without --strict_data to keep the "
+                        "records before the damage")
+    else:
+        assert line == (f"tf-lars-train: error: --strict_data: a record of shard "
+                        f"{data / 'train-00000-of-00002'} stores label 11, outside 1..10 "
+                        "(--num_classes=10, --label_offset=1): check those two flags, or run "
+                        "without --strict_data to skip such records")
+    assert "Traceback" not in result.stderr
+
+
+# 7. SIGTERM: back up at the current step, resume there.
+
+def test_a_seeded_stream_resumed_with_skip_goes_on_where_it_stopped(tmp_path):
+    write_shards(tmp_path, shards=2, per_shard=12)
+    make = lambda skip: pipeline.make_dataset(  # noqa: E731
+        str(tmp_path), "train", training=True, global_batch_size=4, seed=5, skip=skip,
+        shuffle_buffer=8, **COMMON)
+    whole = [(x.numpy(), y.numpy()) for x, y in make(0).take(9)]
+    rest = [(x.numpy(), y.numpy()) for x, y in make(12).take(6)]
+    for (xa, ya), (xb, yb) in zip(whole[3:], rest):  # 12 records = 3 batches of 4
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)  # the same crops and flips too
+
+
+def _train_until_sigterm(args, backup, at_step):
+    """Starts the trainer and sends SIGTERM once its backup reached `at_step`."""
+    process = subprocess.Popen([sys.executable, "-m", "tf_lars.train", *args], env=env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metadata = backup / "training_metadata.json"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and process.poll() is None:
+            if metadata.exists() and json.loads(metadata.read_text() or "{}")["step"] >= at_step:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before SIGTERM"
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    return process.returncode, out, err
+
+
+def test_sigterm_twice_ends_like_an_uninterrupted_run(tmp_path):
+    # 4 epochs of 6 steps; backups every 2 steps show where the run is.
+    args = [*TINY, "--train_examples=96", "--epochs=4", "--eval_every_epochs=0",
+            "--deterministic", "--backup_every_steps=2"]
+    whole = train(*args, f"--model_dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run = tmp_path / "run"
+    stops = []
+    for at_step in (3, 15):  # inside epoch 1, then inside epoch 3
+        code, out, err = _train_until_sigterm([*args, f"--model_dir={run}"], run / "backup",
+                                              at_step)
+        assert code == 75, err[-3000:]
+        line = out.strip().splitlines()[-1]
+        assert line.startswith("tf-lars-train: stopped by SIGTERM at step ")
+        assert line.endswith(f"backed up in {run / 'backup'}: run the same command to "
+                             "resume there")
+        saved = json.loads((run / "backup" / "training_metadata.json").read_text())
+        # Nothing trained is lost: the backup holds the step it stopped at.
+        assert saved["step"] == int(line.split("at step ")[1].split(";")[0])
+        stops.append(saved)
+    assert any(s["batch"] for s in stops), stops  # at least one stop inside an epoch
+    resumed = train(*args, f"--model_dir={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == json.loads((tmp_path / "whole" / "summary.json").read_text())[
+        "steps"] == 24
+    for a, b in zip(weights_of(run / "model.keras"), weights_of(tmp_path / "whole" /
+                                                                "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
