@@ -129,7 +129,8 @@ def callbacks_for(chief, bad_records, d):
     nan = monitoring.StopOnNaN()
     backup = checkpoints.BackupAndRestore(
         os.path.join(FLAGS.model_dir or scratch, "backup"), chief=chief,
-        every_steps=FLAGS.backup_every_steps, delete_checkpoint=False)
+        every_steps=FLAGS.backup_every_steps, steps_per_epoch=d["steps_per_epoch"],
+        delete_checkpoint=False)
     stopper = monitoring.StopAtStep(d["total_steps"], d["steps_per_epoch"])
     callbacks = [nan, backup, checkpoints.checkpoint_callback(out, chief, scratch), stopper]
     if chief:  # TensorBoard: the chief alone.
@@ -166,6 +167,7 @@ def fit(model, train_data, d, callbacks, eval_ds, backup, stopper):
     spe = d["steps_per_epoch"]
     saved = checkpoints.read_backup(backup.backup_dir) or {}
     epoch, batch = saved.get("epoch", 0), saved.get("batch", 0)
+    epoch, batch = (epoch + 1, 0) if batch >= spe else (epoch, batch)  # a whole epoch
     args = dict(validation_data=eval_ds if FLAGS.eval_every_epochs else None,
                 validation_steps=d["eval_steps"],
                 validation_freq=max(1, FLAGS.eval_every_epochs), callbacks=callbacks,

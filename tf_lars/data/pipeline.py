@@ -213,10 +213,12 @@ def _jpeg_is_whole(jpeg):
     length = tf.strings.length(jpeg)
     starts = tf.logical_and(length >= 4,
                             tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8"))
-    near_end = _has_end_marker(tf.strings.substr(jpeg, tf.maximum(length - 32, 2), 32))
+    after_start = tf.minimum(2, length)
+    near_end = _has_end_marker(
+        tf.strings.substr(jpeg, tf.maximum(length - 32, after_start), 32))
     return tf.logical_and(starts, tf.cond(
         near_end, lambda: True,
-        lambda: _has_end_marker(tf.strings.substr(jpeg, 2, length))))
+        lambda: _has_end_marker(tf.strings.substr(jpeg, after_start, length))))
 
 
 def _drop_ok(images, labels, ok):

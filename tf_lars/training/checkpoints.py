@@ -73,18 +73,21 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     and starts its seeded input stream where it stopped. A restarted run
     therefore ends after as many steps as an uninterrupted one.
 
-    `every_steps` > 0 also backs up every that many steps.
+    `every_steps` > 0 also backs up every that many steps; `steps_per_epoch`
+    tells a backup at an epoch's last batch to resume in the next epoch.
     """
 
-    def __init__(self, backup_dir, chief=True, every_steps=0, **kwargs):
+    def __init__(self, backup_dir, chief=True, every_steps=0, steps_per_epoch=None, **kwargs):
         super().__init__(backup_dir, **kwargs)
         self.chief = chief
         self.every_steps = every_steps
+        self.steps_per_epoch = steps_per_epoch
         self.resumed_from_epoch = None
         self.resumed_at_step = 0  # the optimizer's iteration count when restored
         self.first_batch = 0      # batches of the first epoch trained before this fit
         self._epoch = 0
-        self._last_step_saved = None
+        self._last_saved = None
+        self.final = False  # True: the last backup is made (the run stops inside an epoch)
 
     def _steps(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -110,7 +113,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def save(self, epoch, batch):
         """Backs up now: `batch` batches of `epoch` are trained (chief only)."""
         step = self._steps()
-        if not self.chief or step == self._last_step_saved:
+        if self.steps_per_epoch and batch >= self.steps_per_epoch:
+            epoch, batch = epoch + 1, 0  # (Keras resumes at the epoch it reads)
+        if not self.chief or self.final or (epoch, batch, step) == self._last_saved:
             return
         tf.io.gfile.makedirs(self.backup_dir)
         self.model.save_weights(filepath=self._weights_path, overwrite=True)
@@ -120,7 +125,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         with tf.io.gfile.GFile(partial, "w") as f:
             f.write(json.dumps({"epoch": epoch, "batch": batch, "step": step}))
         tf.io.gfile.rename(partial, self._training_metadata_path, overwrite=True)
-        self._last_step_saved = step
+        self._last_saved = (epoch, batch, step)
 
     def on_train_end(self, logs=None):
         if self.chief:

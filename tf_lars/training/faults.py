@@ -74,6 +74,7 @@ class Preemption(keras.callbacks.Callback):
         if self.stop_at is None or self._steps() < self.stop_at:
             return
         self.backup.save(self._epoch, self.backup.first_batch + batch + 1)
+        self.backup.final = True  # (Keras still ends the epoch: not a whole one)
         self.stopped_at = self._steps()
         self.model.stop_training = True
 
