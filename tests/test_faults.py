@@ -228,3 +228,87 @@ def test_sigterm_twice_ends_like_an_uninterrupted_run(tmp_path):
     for a, b in zip(weights_of(run / "model.keras"), weights_of(tmp_path / "whole" /
                                                                 "model.keras")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# 5. The layouts people have.
+
+def test_imagenet_to_gcs_subfolders_are_found_and_empty_shards_ignored(tmp_path):
+    write_shards(tmp_path / "train", shards=2, per_shard=3)
+    write_shards(tmp_path / "validation", split="validation", shards=1, per_shard=3)
+    (tmp_path / "train" / "train-00002-of-00004").write_bytes(b"")  # empty, as on small sets
+    files = pipeline.list_files(str(tmp_path), "train")
+    assert [os.path.basename(f) for f in files] == ["train-00000-of-00002",
+                                                    "train-00001-of-00002"]
+    _, labels = read_all(pipeline.make_dataset(str(tmp_path), "validation", training=False,
+                                               global_batch_size=3, **COMMON))
+    assert sorted(labels) == [0, 0, 0]
+    with pytest.raises(FileNotFoundError, match="nor test/test-\\*-of-\\* below it"):
+        pipeline.list_files(str(tmp_path), "test")
+
+
+def write_tfds(root, version, train=(5, 3), validation=(4,), info=True, fmt="tfrecord"):
+    """TFDS 4.9's layout: ROOT/imagenet2012/VERSION/ shards and dataset_info.json."""
+    folder = root / "imagenet2012" / version
+    folder.mkdir(parents=True)
+    for split, lengths in (("train", train), ("validation", validation)):
+        for s, n in enumerate(lengths):
+            name = f"imagenet2012-{split}.{fmt}-{s:05d}-of-{len(lengths):05d}"
+            with tf.io.TFRecordWriter(str(folder / name)) as w:
+                for k in range(n):
+                    w.write(example(jpeg(10 * s + k), k % 4, fmt="tfds"))
+    if info:
+        splits = [{"name": split, "numBytes": "1", "shardLengths": [str(n) for n in lengths],
+                   "filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"}
+                  for split, lengths in (("train", train), ("validation", validation))]
+        (folder / "dataset_info.json").write_text(json.dumps(
+            {"name": "imagenet2012", "version": version, "splits": splits}))
+    return folder
+
+
+def test_tfds_root_newest_version_and_split_sizes_from_dataset_info(tmp_path):
+    from tf_lars.data import tfds
+    from tf_lars.training import inputs
+
+    write_tfds(tmp_path, "5.0.0", train=(2,))
+    newest = write_tfds(tmp_path, "5.1.0")
+    for given in (tmp_path, tmp_path / "imagenet2012", newest):
+        folder, sizes, _ = tfds.resolve(str(given))
+        assert folder == str(newest) and sizes == {"train": 8, "validation": 4}
+    note = tfds.resolve(str(tmp_path))[2]
+    assert "reading version 5.1.0" in note and "also there: 5.0.0" in note
+    data = inputs.spec("tfds", str(tmp_path), num_classes=4)
+    assert (data.data_dir, data.train_examples, data.eval_examples) == (str(newest), 8, 4)
+    # Given sizes still win over dataset_info.json's.
+    assert inputs.spec("tfds", str(tmp_path), train_examples=6).train_examples == 6
+    with pytest.raises(FileNotFoundError, match="use --data_format=tfds"):
+        pipeline.list_files(str(newest), "train", "imagenet")
+
+
+def test_tfds_array_record_shards_get_one_line(tmp_path):
+    from tf_lars.data import tfds
+
+    folder = write_tfds(tmp_path, "5.1.0", fmt="array_record")
+    with pytest.raises(FileNotFoundError, match="array_record shards, which tf.data cannot "
+                       "read: prepare the data set again as TFRecord"):
+        tfds.resolve(str(tmp_path))
+    assert os.listdir(folder)
+
+
+def test_trainer_reads_a_tfds_root_and_warns_of_a_wrong_size_elsewhere(tmp_path):
+    root = tmp_path / "tfds"
+    write_tfds(root, "5.1.0", train=(10, 6))
+    tfds_run = train(*IMAGES, "--data_format=tfds", "--num_classes=4", f"--data_dir={root}",
+                     f"--model_dir={tmp_path / 'a'}", "--batch_size=4")
+    assert tfds_run.returncode == 0, tfds_run.stderr[-3000:]
+    derived = json.loads((tmp_path / "a" / "flags.json").read_text())["derived"]
+    assert derived["steps_per_epoch"] == 16 // 4  # from dataset_info.json's 10 + 6
+    assert "tf-lars-train: warning" not in tfds_run.stderr
+    # ImageNet-schema shards of a small set, ImageNet's default size: warned.
+    plain = tmp_path / "plain"
+    write_shards(plain / "train", shards=2, per_shard=20)
+    write_shards(plain / "validation", split="validation", shards=1, per_shard=4)
+    small = train(*IMAGES, f"--data_dir={plain}", f"--model_dir={tmp_path / 'b'}",
+                  "--train_steps=1", "--eval_examples=4")
+    assert small.returncode == 0, small.stderr[-3000:]
+    assert ("tf-lars-train: warning: --train_examples=1281167 (the imagenet default), but the "
+            "train shards hold about 40 records (estimated from their size)") in small.stderr

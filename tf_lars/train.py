@@ -46,6 +46,21 @@ def load_initial_weights(model, path):
                          f"with these flags: {str(e).splitlines()[0]}") from None
 
 
+def check_size(split, files, data):
+    """Warns when the flags' size of `split` is far from its shards' (estimated)."""
+    from tf_lars.data import pipeline
+
+    flag, given = (("train_examples", data.train_examples) if split == "train" else
+                   ("eval_examples", data.eval_examples))
+    estimate = pipeline.estimate_records(files)
+    if estimate and not estimate / 1.5 <= given <= estimate * 1.5:
+        source = "" if FLAGS[flag].present else f" (the {data.data_format} default)"
+        print(f"tf-lars-train: warning: --{flag}={given}{source}, but the {split} shards hold "
+              f"about {estimate:,} records (estimated from their size): pass --{flag} with "
+              "the split's size, or an epoch and the schedule will not mean what they say",
+              file=sys.stderr, flush=True)
+
+
 def setup():
     """Everything that can fail on bad flags or data, before any training."""
     import keras
@@ -71,11 +86,14 @@ def setup():
         channels=FLAGS.channels, num_classes=FLAGS.num_classes, preset=FLAGS.preset,
         train_examples=FLAGS.train_examples, eval_examples=FLAGS.eval_examples,
         label_offset=FLAGS.label_offset, strict=FLAGS.strict_data,
+        eval_split=FLAGS.eval_split,
         cache_eval=FLAGS.cache_eval, shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed)
     if data.data_format != "synthetic":
         splits = ["train", FLAGS.eval_split] + ([FLAGS.test_split] if FLAGS.test_split else [])
         for split in splits:  # Missing shards fail now, not mid-run.
-            pipeline.list_files(data.data_dir, split, data.schema)
+            files = pipeline.list_files(data.data_dir, split, data.schema)
+            if data.data_format != "tfds" and split in ("train", FLAGS.eval_split):
+                check_size(split, files, data)
     d = recipe.derive(FLAGS, data, strategy.num_replicas_in_sync)
     if FLAGS.seed is not None:
         keras.utils.set_random_seed(FLAGS.seed)

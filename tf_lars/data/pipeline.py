@@ -149,20 +149,44 @@ def explain(error, data_dir=None, num_classes=None, label_offset=None, bad_recor
 
 
 def list_files(data_dir, split, data_format="imagenet"):
-    """Sorted shard paths of `split`; a clear error when there are none."""
+    """Sorted shard paths of `split`; a clear error when there are none.
+
+    The shards may sit in `data_dir` itself or in a subfolder named after
+    the split (`train/`, `validation/`: tensorflow/tpu's imagenet_to_gcs.py
+    writes them so).
+    """
     schema = schemas.get(data_format)
     if not data_dir or not tf.io.gfile.isdir(data_dir):
         raise FileNotFoundError(
             f"data_dir {data_dir!r} is not a folder: pass the folder that holds "
             f"the {data_format} shards (tools/build_fashion_mnist_tfrecords.py "
             "and tools/build_imagenet_tfrecords.py make them)")
-    pattern = os.path.join(data_dir, schema.pattern.format(split=split))
-    files = sorted(tf.io.gfile.glob(pattern))
-    if not files:
+    name = schema.pattern.format(split=split)
+    pattern = os.path.join(data_dir, name)
+    for candidate in (pattern, os.path.join(data_dir, split, name)):
+        # Empty shards (imagenet_to_gcs.py writes many on small sets) hold nothing.
+        files = sorted(f for f in tf.io.gfile.glob(candidate) if tf.io.gfile.stat(f).length)
+        if files:
+            return files
+    if data_format != "tfds" and tf.io.gfile.glob(os.path.join(data_dir, "*.tfrecord-*")) + \
+            tf.io.gfile.glob(os.path.join(data_dir, "*", "dataset_info.json")) + \
+            tf.io.gfile.glob(os.path.join(data_dir, "dataset_info.json")):
         raise FileNotFoundError(
-            f"no {split} shards match {pattern}: is data_dir right, and is "
-            f"data_format={data_format!r} the format of those shards?")
-    return files
+            f"{data_dir} holds TFDS shards, not {data_format} ones: use --data_format=tfds")
+    raise FileNotFoundError(
+        f"no {split} shards match {pattern} (nor {os.path.join(split, name)} below it): is "
+        f"data_dir right, and is data_format={data_format!r} the format of those shards?")
+
+
+def estimate_records(files, sample=100):
+    """About how many records `files` hold: their bytes over the mean size of
+    the first `sample` records of the first file (a few reads, not a pass)."""
+    sizes = [len(r) + RECORD_OVERHEAD for r in
+             tf.data.TFRecordDataset(files[0]).take(sample).ignore_errors().as_numpy_iterator()]
+    if not sizes:
+        return None
+    total = sum(tf.io.gfile.stat(f).length for f in files)
+    return round(total / (sum(sizes) / len(sizes)))
 
 
 def _read_shard(filename, size, strict, counts, buffer_size=None, chunk=64):

@@ -47,12 +47,27 @@ class DataSpec:
         return recipe.mean, recipe.std
 
 
-def spec(data_format, data_dir=None, **given):
-    """A `DataSpec`: the values given, else the format's defaults."""
+def spec(data_format, data_dir=None, eval_split="validation", **given):
+    """A `DataSpec`: the values given, else the format's defaults.
+
+    For TFDS shards, `data_dir` may be the TFDS root or the data set's folder
+    (the newest version is read), and the split sizes in its
+    `dataset_info.json` replace the format's defaults.
+    """
     values = dict(FORMAT_DEFAULTS[data_format])
-    values.update({k: v for k, v in given.items() if v is not None})
     if data_format != "synthetic" and not data_dir:
         raise ValueError(f"--data_dir is needed for --data_format={data_format}")
+    if data_format == "tfds":
+        from absl import logging
+
+        from tf_lars.data import tfds
+
+        data_dir, sizes, note = tfds.resolve(data_dir)
+        if note:
+            logging.warning(note)
+        for key, split in (("train_examples", "train"), ("eval_examples", eval_split)):
+            values[key] = sizes.get(split, values[key])
+    values.update({k: v for k, v in given.items() if v is not None})
     data = DataSpec(data_format=data_format, data_dir=data_dir, **values)
     try:
         for stat, what in zip(data.norm, ("mean", "std")):
