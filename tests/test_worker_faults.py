@@ -1,0 +1,101 @@
+"""Two worker processes on 127.0.0.1: a worker killed, a worker preempted."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import keras
+
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("MultiWorkerMirroredStrategy needs TensorFlow", allow_module_level=True)
+
+from test_training import TINY, env, free_port, last_line, weights_of  # noqa: E402
+
+# 20 steps an epoch, 3 epochs; a backup every 2 steps shows where the run is.
+ARGS = [*TINY, "--train_examples=320", "--epochs=3", "--eval_every_epochs=0",
+        "--backup_every_steps=2", "--strategy=multi_worker_mirrored"]
+
+
+def start_workers(tmp_path, args=ARGS):
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "tf_lars.train", *args, f"--model_dir={tmp_path / 'run'}",
+             f"--scratch_dir={tmp_path / f'scratch{index}'}"],
+            env=env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    return workers
+
+
+def wait_for_backup(tmp_path, workers, step):
+    metadata = tmp_path / "run" / "backup" / "training_metadata.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and all(w.poll() is None for w in workers):
+        if metadata.exists() and json.loads(metadata.read_text())["step"] >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the workers ended or stalled before the backup: " +
+                         workers[0].communicate(timeout=60)[1][-2000:])
+
+
+def finish(workers, timeout=240):
+    try:
+        return [w.communicate(timeout=timeout) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+
+
+def test_a_killed_worker_ends_its_peer_within_seconds_with_one_line(tmp_path):
+    workers = start_workers(tmp_path)
+    try:
+        wait_for_backup(tmp_path, workers, 4)
+        workers[1].send_signal(signal.SIGKILL)
+        killed = time.time()
+        _, err = workers[0].communicate(timeout=120)
+        seconds = time.time() - killed
+    finally:
+        for w in workers:
+            w.kill()
+    assert workers[0].returncode == 1
+    line = err.strip().splitlines()[-1]
+    saved = json.loads((tmp_path / "run" / "backup" / "training_metadata.json").read_text())
+    assert line == (f"tf-lars-train: error: worker 1 stopped answering (UnavailableError); the "
+                    f"last backup is at step {saved['step']} (epoch 1, batch {saved['batch']}) "
+                    f"in {tmp_path / 'run' / 'backup'}: start all workers again with the same "
+                    "command to resume"), err[-3000:]
+    assert "Traceback" not in err
+    assert seconds < 60, seconds  # measured: about 7 s on 2 cores
+
+
+def test_sigterm_on_one_worker_stops_both_at_one_step_and_both_resume_there(tmp_path):
+    workers = start_workers(tmp_path)
+    try:
+        wait_for_backup(tmp_path, workers, 4)
+        workers[1].send_signal(signal.SIGTERM)  # the other worker is told nothing
+        outputs = finish(workers)
+    finally:
+        for w in workers:
+            w.kill()
+    assert [w.returncode for w in workers] == [75, 75], [e[-2000:] for _, e in outputs]
+    steps = {out.strip().splitlines()[-1].split("at step ")[1].split(";")[0]
+             for out, _ in outputs}
+    saved = json.loads((tmp_path / "run" / "backup" / "training_metadata.json").read_text())
+    assert steps == {str(saved["step"])}  # one step for both: the chief's backup
+    assert 0 < saved["batch"] < 20  # inside the first epoch
+    resumed = finish(start_workers(tmp_path))
+    assert [w for w in resumed if "Traceback" in w[1]] == []
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 * 20 and summary["resumed_from_epoch"] == 0
+    # Both workers hold the same trained weights at the end (BatchNorm's
+    # moving statistics are each worker's own).
+    for a, b in zip(weights_of(tmp_path / "run" / "model.keras", trainable_only=True),
+                    weights_of(tmp_path / "scratch1" / "model.keras", trainable_only=True)):
+        assert (a == b).all()
