@@ -13,11 +13,18 @@ from tf_lars import LARS
 
 
 def numpy_lars(w, grads, lr, momentum=0.9, nesterov=False, wd=0.0, eta=1e-3,
-               eps=0.0, form="paper", decay=True, adapt=True, clip=False):
-    """The rule of the paper, in float64, one variable, a list of gradients."""
+               eps=0.0, form="paper", decay=True, adapt=True, clip=False,
+               rate_outside=False):
+    """The rule of the paper, in float64, one variable, a list of gradients.
+
+    `lr` is a number or a list of one rate per step. `rate_outside=True` is
+    PyTorch's convention instead (`v = m*v + r*d; w -= lr*v`), for tests
+    that tell the two apart.
+    """
     w = np.array(w, np.float64)
     v = np.zeros_like(w)
-    for grad in grads:
+    rates = list(lr) if np.ndim(lr) else [lr] * len(grads)
+    for grad, lr in zip(grads, rates):
         grad = np.asarray(grad, np.float64)
         wd_used = wd if decay else 0.0
         d = grad + wd_used * w
@@ -31,6 +38,10 @@ def numpy_lars(w, grads, lr, momentum=0.9, nesterov=False, wd=0.0, eta=1e-3,
             if clip:
                 r = min(r / lr, 1.0)
             r = r if ok else 1.0
+        if rate_outside:
+            v = momentum * v + r * d
+            w = w - lr * (momentum * v + r * d if nesterov else v)
+            continue
         v = momentum * v + lr * r * d
         w = w - (momentum * v + lr * r * d if nesterov else v)
     return w
@@ -65,6 +76,28 @@ def test_five_steps_match_numpy_reference(form, momentum, nesterov):
     np.testing.assert_allclose(got_kernel, want_kernel, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_bias, want_bias, rtol=1e-5, atol=1e-6)
     assert np.abs(got_kernel - kernel).max() > 1e-2  # the test moves weights
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_scheduled_rate_sits_inside_the_momentum_buffer(nesterov):
+    # Warmup over 3 steps to 2.0, then polynomial decay (power 2) to 0 at
+    # step 8: the rates of steps 0..7 worked out by hand from the formula.
+    rates = [0.0, 2 / 3, 4 / 3, 2.0, 2 * (4 / 5) ** 2, 2 * (3 / 5) ** 2, 2 * (2 / 5) ** 2,
+             2 * (1 / 5) ** 2]
+    schedule = tf_lars.schedules.WarmupPolynomialDecay(2.0, total_steps=8, warmup_steps=3)
+    rng = np.random.default_rng(4)
+    kernel = rng.normal(size=(3, 4))
+    grads = [[rng.normal(size=(3, 4))] for _ in rates]
+    opt = LARS(learning_rate=schedule, momentum=0.9, nesterov=nesterov, weight_decay=0.01,
+               trust_coefficient=0.05)
+    (got,) = run(opt, {"kernel": kernel}, grads)
+    kw = dict(nesterov=nesterov, wd=0.01, eta=0.05)
+    inside = numpy_lars(kernel, [g[0] for g in grads], rates, **kw)
+    outside = numpy_lars(kernel, [g[0] for g in grads], rates, rate_outside=True, **kw)
+    # The two conventions part as soon as the rate changes, by far more
+    # than the tolerance below: the comparison tells them apart.
+    assert np.abs(inside - outside).max() > 1e-3
+    np.testing.assert_allclose(got, inside, rtol=1e-5, atol=1e-6)
 
 
 def test_single_step_by_hand():
