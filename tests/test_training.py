@@ -396,3 +396,29 @@ def test_wheel_ships_the_flagfiles_and_the_console_script(tmp_path):
     assert shipped == set(flagfiles.shipped())
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "tf-lars-train = tf_lars.train:run" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_a_flagfile_without_a_rate_gets_the_linear_scaling_rule(tmp_path):
+    """--base_learning_rate * --batch_size / --base_batch_size, and every
+    derived count, checked against values worked out by hand."""
+    flagfile = tmp_path / "scaled.cfg"
+    flagfile.write_text("\n".join([
+        "--data_format=synthetic", "--model=resnet8", "--image_size=16", "--num_classes=4",
+        "--batch_size=48", "--base_learning_rate=0.2", "--base_batch_size=32",
+        "--train_examples=480", "--epochs=3", "--warmup_epochs=1.5", "--eval_examples=100",
+        "--eval_batch_size=24", "--eval_every_epochs=0", "--verbose=0", "--seed=1"]) + "\n")
+    out = tmp_path / "run"
+    result = train(f"--flagfile={flagfile}", f"--model_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    derived = json.loads((out / "flags.json").read_text())["derived"]
+    assert derived["peak_learning_rate"] == pytest.approx(0.2 * 48 / 32)  # 0.3
+    assert derived["steps_per_epoch"] == 10        # 480 // 48
+    assert derived["total_steps"] == 30            # 3 epochs
+    assert derived["warmup_steps"] == 15           # 1.5 epochs
+    assert derived["eval_steps"] == 5              # ceil(100 / 24)
+    # The optimizer trained with that schedule: it is saved with the model.
+    model = keras.models.load_model(out / "model.keras")
+    schedule = model.optimizer._learning_rate
+    assert schedule.get_config()["peak_learning_rate"] == pytest.approx(0.3)
+    assert schedule.get_config()["warmup_steps"] == 15
+    assert int(model.optimizer.iterations) == 30
