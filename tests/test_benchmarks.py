@@ -41,15 +41,21 @@ def test_optimizer_benchmark_runs_and_counts_the_bytes(tmp_path):
     assert r["backend"] == keras.backend.backend()
 
     bandwidth = r["stream_bandwidth_GBps"] * 1e9
-    assert np.isfinite(bandwidth) and bandwidth > 0
+    # A memory stream on any machine this runs on: 100 MB/s to 2 TB/s.
+    assert 1e8 < bandwidth < 2e12, bandwidth
     # SGD with momentum reads w, g, v and writes w, v (4 bytes each); LARS
     # reads every adapted w and g once more for the norms.
     sgd_ms = 20 * params / bandwidth * 1e3
     extra_ms = 8 * sum(int(np.prod(s)) for s in adapted) / bandwidth * 1e3
     assert np.isclose(r["update_floor_ms"]["sgd"], sgd_ms, rtol=1e-9)
     assert np.isclose(r["update_floor_ms"]["lars"], sgd_ms + extra_ms, rtol=1e-9)
-    for kind in ("fit_step_ms", "fit_step_min_ms", "update_ms"):
-        assert all(r[kind][name] > 0 for name in ("sgd", "lars"))
+    for name in ("sgd", "lars"):
+        # The fastest step is no slower than the median one, and the update
+        # alone, a part of every step, no slower than the fastest step; all
+        # above the memory floor of the update and below a minute.
+        assert r["update_floor_ms"][name] <= r["update_ms"][name]
+        assert r["update_ms"][name] <= r["fit_step_min_ms"][name] <= r["fit_step_ms"][name]
+        assert r["fit_step_ms"][name] < 60_000
 
 
 def run_input_benchmark(*args):
@@ -70,7 +76,13 @@ def test_input_benchmark_runs_on_synthetic_photos_and_names_bad_input(tmp_path):
     assert set(ratios) == {"ratio pipeline (float32) / bare decode",
                            "ratio pipeline (uint8) / bare decode",
                            "ratio per-image work alone / bare decode"}
-    assert all(r > 0 for r in ratios.values())
+    # Rates over the bare decode's: the training pipeline does the per-image
+    # work and more (reading, parsing), so it is not faster than that work
+    # alone (twice allowed for 0.3 s windows on a busy machine).
+    work = ratios["ratio per-image work alone / bare decode"]
+    assert 0.01 < work < 100
+    for dtype in ("float32", "uint8"):
+        assert 0.01 < ratios[f"ratio pipeline ({dtype}) / bare decode"] < 2 * work
 
     missing = run_input_benchmark(f"--data_dir={tmp_path / 'none'}")
     assert missing.returncode != 0
