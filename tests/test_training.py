@@ -334,6 +334,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+def start_workers(args, model_dir, scratch_root):
+    """Two trainer processes, workers 0 and 1 of a cluster on 127.0.0.1."""
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "tf_lars.train", *args, f"--model_dir={model_dir}",
+             f"--scratch_dir={scratch_root / f'scratch{index}'}"],
+            env=env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    return workers
+
+
 def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     import tf_lars
     from tf_lars.data import preprocessing
@@ -350,16 +365,8 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
                    f"--model_dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr[-3000:]
 
-    ports = [free_port(), free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    workers = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "tf_lars.train", *common, "--strategy=multi_worker_mirrored",
-             f"--model_dir={tmp_path / 'multi'}", f"--scratch_dir={tmp_path / f'scratch{index}'}"],
-            env=env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+    workers = start_workers([*common, "--strategy=multi_worker_mirrored"], tmp_path / "multi",
+                            tmp_path)
     try:
         outputs = [w.communicate(timeout=240) for w in workers]
     finally:

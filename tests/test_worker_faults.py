@@ -2,8 +2,6 @@
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +11,8 @@ import keras
 if keras.backend.backend() != "tensorflow":
     pytest.skip("MultiWorkerMirroredStrategy needs TensorFlow", allow_module_level=True)
 
-from test_training import TINY, env, free_port, last_line, weights_of  # noqa: E402
+from test_training import TINY, weights_of  # noqa: E402
+from test_training import start_workers as two_workers  # noqa: E402
 
 # 20 steps an epoch, 3 epochs; a backup every 2 steps shows where the run is.
 ARGS = [*TINY, "--train_examples=320", "--epochs=3", "--eval_every_epochs=0",
@@ -21,17 +20,7 @@ ARGS = [*TINY, "--train_examples=320", "--epochs=3", "--eval_every_epochs=0",
 
 
 def start_workers(tmp_path, args=ARGS):
-    ports = [free_port(), free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    workers = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "tf_lars.train", *args, f"--model_dir={tmp_path / 'run'}",
-             f"--scratch_dir={tmp_path / f'scratch{index}'}"],
-            env=env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
-    return workers
+    return two_workers(args, tmp_path / "run", tmp_path)
 
 
 def wait_for_backup(tmp_path, workers, step):
