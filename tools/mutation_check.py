@@ -1,6 +1,6 @@
 """Does the suite catch the bugs that matter? A curated mutation check.
 
-    python tools/mutation_check.py              # every mutation (about 15 min on 2 cores)
+    python tools/mutation_check.py              # every mutation (about 10 min on 2 cores)
     python tools/mutation_check.py --only=3,7   # some of them
     python tools/mutation_check.py --list
 
