@@ -205,7 +205,7 @@ def fit(model, train_data, d, callbacks, eval_ds, backup, stopper):
     return histories
 
 
-def explain(error, chief, data, strategy, bad, backup_dir):
+def explain(error, data, strategy, bad, backup_dir):
     """The one line for an error the user can act on, or None."""
     from tf_lars.data import pipeline
     from tf_lars.training import checkpoints, faults, strategy as strategies
@@ -272,7 +272,7 @@ def main(argv):
         finish(model, histories, seconds, d, data, nan, backup, bad, at_eval, eval_ds,
                test_ds, chief, out, skipped)
     except tf.errors.OpError as e:
-        line = explain(e, chief, data, strategy, bad, backup.backup_dir)
+        line = explain(e, data, strategy, bad, backup.backup_dir)
         if line is None:
             raise
         sys.exit(f"tf-lars-train: error: {line}")
