@@ -24,6 +24,10 @@ setup(
     package_dir={"tf_lars.flagfiles": "flags"},
     package_data={"tf_lars.flagfiles": ["*.cfg"]},
     entry_points={"console_scripts": ["tf-lars-train = tf_lars.train:run"]},
+    # Tested in CI: the floors below together (Python 3.9, Keras 3.10.0,
+    # TensorFlow 2.16.2, JAX 0.4.30: tools/setup_oldest.sh and
+    # tests/test_versions.py), and Python 3.11 with Keras 3.15, TensorFlow
+    # 2.21, JAX 0.10 and torch 2.13 (tools/setup_env.sh).
     # TensorFlow is an extra, not a hard requirement: its GPU build
     # (`tensorflow`) and CPU build (`tensorflow-cpu`) are different
     # distributions, and requiring either would pull it in on top of the
@@ -37,13 +41,16 @@ setup(
     extras_require={
         "tensorflow": ["tensorflow>=2.16"],
         "tensorflow-cpu": ["tensorflow-cpu>=2.16"],
-        "test": ["pytest>=7", "pillow"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "pillow"],
         "jax": ["jax>=0.4.30"],
+        "torch": ["torch>=2.13"],
         # tools/large_batch_study.py draws its plots with it.
         "study": ["matplotlib>=3.6"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.11",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

@@ -35,3 +35,9 @@ def fashion_mnist():
     if fm.find_dir() is None:
         pytest.skip(f"Fashion-MNIST is not installed: {fm.HOW_TO_GET}.")
     return fm
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `heavy` (minutes each) first, so that under pytest-xdist
+    the long ones overlap instead of ending the run one after another."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)

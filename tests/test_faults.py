@@ -225,6 +225,7 @@ def _train_until_sigterm(args, backup, at_step):
     return process.returncode, out, err
 
 
+@pytest.mark.heavy
 def test_sigterm_twice_ends_like_an_uninterrupted_run(tmp_path):
     # 4 epochs of 6 steps; backups every 2 steps show where the run is.
     args = [*TINY, "--train_examples=96", "--epochs=4", "--eval_every_epochs=0",

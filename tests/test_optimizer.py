@@ -54,7 +54,8 @@ def run(opt, initial, grads_per_step):
         for name, x in initial.items()
     ]
     for grads in grads_per_step:
-        opt.apply([np.array(g, np.float32) for g in grads], variables)
+        opt.apply([keras.ops.convert_to_tensor(np.array(g, np.float32)) for g in grads],
+                  variables)
     return [keras.ops.convert_to_numpy(v) for v in variables]
 
 

@@ -159,6 +159,7 @@ def check_study(docs, runs):
     assert len(history) == 4 and "val_accuracy" in history[0]
 
 
+@pytest.mark.heavy
 def test_a_tiny_study_end_to_end(tmp_path):
     """Real shards, real trainer runs, real plots: 5 short runs."""
     pytest.importorskip("matplotlib")
@@ -190,6 +191,7 @@ def test_a_tiny_study_end_to_end(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                     reason='JAX is not installed: pip install "jax[cpu]"')
+@pytest.mark.heavy
 def test_a_tiny_study_in_memory_on_jax(tmp_path):
     """--engine=arrays under KERAS_BACKEND=jax: the GPU machine's way, on the CPU.
 

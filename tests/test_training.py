@@ -144,6 +144,7 @@ for _ in range(8):
 """
 
 
+@pytest.mark.heavy
 def test_make_deterministic_repeats_large_batch_gradients_bit_for_bit():
     # Without make_deterministic, ResNet-8's gradients at batch 4096 on a
     # 2-core machine differed between calls (by up to 5e-9) in 4 of 7 runs
@@ -170,6 +171,7 @@ def read_tags(folder):
     return tags
 
 
+@pytest.mark.heavy
 def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
     shards, out = tmp_path / "shards", tmp_path / "run"
     build = subprocess.run(
@@ -349,6 +351,7 @@ def start_workers(args, model_dir, scratch_root):
     return workers
 
 
+@pytest.mark.heavy
 def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     import tf_lars
     from tf_lars.data import preprocessing

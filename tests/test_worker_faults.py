@@ -42,6 +42,7 @@ def finish(workers, timeout=240):
             w.kill()
 
 
+@pytest.mark.heavy
 def test_a_killed_worker_ends_its_peer_within_seconds_with_one_line(tmp_path):
     workers = start_workers(tmp_path)
     try:
@@ -64,6 +65,7 @@ def test_a_killed_worker_ends_its_peer_within_seconds_with_one_line(tmp_path):
     assert seconds < 60, seconds  # measured: about 7 s on 2 cores
 
 
+@pytest.mark.heavy
 def test_sigterm_on_one_worker_stops_both_at_one_step_and_both_resume_there(tmp_path):
     workers = start_workers(tmp_path)
     try:

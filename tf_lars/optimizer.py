@@ -38,6 +38,24 @@ def _norm(x):
     return ops.sqrt(ops.sum(ops.square(x)))
 
 
+def _dense(gradient, variable):
+    """A gradient as a dense tensor; repeated entries of a sparse one add up.
+
+    LARS's norms need the dense gradient (decay and momentum touch every row
+    anyway). TensorFlow's `IndexedSlices` (an embedding's gradient) may name
+    a row more than once, and Keras's `convert_to_tensor` passes them through
+    unchanged, so their rows are scattered here; a torch sparse tensor (from
+    a custom loop) is densified by torch, JAX's BCOO by
+    `convert_to_tensor(sparse=False)`.
+    """
+    if type(gradient).__name__ == "IndexedSlices":
+        return ops.scatter(ops.expand_dims(gradient.indices, -1), gradient.values,
+                           ops.shape(variable))
+    if getattr(gradient, "is_sparse", False):  # torch.sparse_coo_tensor
+        return gradient.to_dense()
+    return ops.convert_to_tensor(gradient, sparse=False)
+
+
 def _compile_patterns(patterns, argument):
     if patterns is None:
         return None
@@ -126,7 +144,7 @@ class LARS(keras.optimizers.Optimizer):
         exclude_from_weight_decay=None,
         exclude_from_layer_adaptation=None,
         track_trust_ratios=False,
-        name="lars",
+        name=None,
         **kwargs,
     ):
         # `weight_decay` is deliberately not passed on: the base class's decay
@@ -238,7 +256,7 @@ class LARS(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         dtype = variable.dtype
         learning_rate = ops.cast(learning_rate, dtype)
-        grad = ops.cast(ops.convert_to_tensor(gradient), dtype)
+        grad = ops.cast(_dense(gradient, variable), dtype)
 
         # 1. Coupled weight decay.
         wd = self.weight_decay_rate if self._decayed[index] else 0.0

@@ -29,7 +29,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["tests/test_optimizer.py", "tests/test_schedules.py", "tests/test_arrays.py"]
+FAST = ["tests/test_optimizer.py", "tests/test_schedules.py", "tests/test_arrays.py",
+        "tests/test_keras_conformance.py"]
 DATA = ["tests/test_augmentation.py", "tests/test_data.py", "tests/test_faults.py::"
         "test_jpegs_that_tensorflow_decodes_are_never_dropped"]
 
@@ -59,6 +60,11 @@ MUTATIONS = [
      "            return len(variable.shape) > 1", FAST),
     ("LARS: LARC's clip not applied", "tf_lars/optimizer.py", "        if self.clip_trust_ratio:",
      "        if False:", FAST),
+    ("LARS: sparse gradients' repeated rows not added up before the norms",
+     "tf_lars/optimizer.py", '    if type(gradient).__name__ == "IndexedSlices":',
+     "    if False:", FAST),
+    ("LARS: every instance named 'lars' (shared variable paths)", "tf_lars/optimizer.py",
+     "        name=None,\n", '        name="lars",\n', FAST),
     ("Schedule: warmup one step late", "tf_lars/schedules.py",
      "    fraction = step / ops.maximum(ops.cast(warmup_steps, step.dtype), 1.0)",
      "    fraction = (step - 1) / ops.maximum(ops.cast(warmup_steps, step.dtype), 1.0)", FAST),

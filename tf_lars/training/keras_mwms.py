@@ -58,7 +58,8 @@ def apply():
             strategy = self._distribute_strategy
             if strategy is None or iterator is None or not _multi_worker(strategy):
                 return original_build(self, iterator=iterator, data_batch=data_batch)
-            for _, _, it in iterator:
+            # Keras >= 3.11 yields (begin, end, iterator), 3.10 (step, iterator).
+            for *_, it in iterator:
                 batch = next(it)
                 data_batch = tf.nest.map_structure(
                     lambda v: strategy.experimental_local_results(v)[0]

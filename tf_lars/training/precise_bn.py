@@ -61,7 +61,7 @@ def batch_norm_layers(model):
             raise ValueError(f"PreciseBN: BatchNorm layer {layer.name!r} is called "
                              f"{len(layer._inbound_nodes)} times; only layers called once "
                              "are supported")
-        if layer.renorm:
+        if getattr(layer, "renorm", False):  # Keras >= 3.14 has renorm
             raise ValueError(f"PreciseBN: BatchNorm layer {layer.name!r} uses renorm, "
                              "which keeps other statistics; it is not supported")
     return layers
