@@ -13,7 +13,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tf_lars.optimizer import LARS
 
@@ -44,11 +43,14 @@ class TrainingMonitor(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
+        import tensorflow as tf  # tf.summary writes the event files
+
+        self._summary = tf.summary
         self._writer = tf.summary.create_file_writer(self.log_dir)
         self._last_step, self._last_time = self._step(), time.perf_counter()
 
     def _step(self):
-        return int(self.model.optimizer.iterations.numpy())
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_step, self._epoch_time = self._step(), time.perf_counter()
@@ -57,11 +59,12 @@ class TrainingMonitor(keras.callbacks.Callback):
         step = self._step()
         optimizer = self.model.optimizer
         with self._writer.as_default(step=step):
-            tf.summary.scalar("learning_rate", float(optimizer.learning_rate))
+            self._summary.scalar("learning_rate",
+                                 float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
             if step - self._last_step >= self.log_every_steps:
                 now = time.perf_counter()
                 rate = (step - self._last_step) * self.global_batch_size / (now - self._last_time)
-                tf.summary.scalar("images_per_second", rate)
+                self._summary.scalar("images_per_second", rate)
                 self._last_step, self._last_time = step, now
                 self._trust_ratios(optimizer)
 
@@ -71,20 +74,20 @@ class TrainingMonitor(keras.callbacks.Callback):
             return
         stats = lars.trust_ratio_stats()
         for path, (ratio, w_norm, g_norm) in stats.items():
-            tf.summary.scalar(f"lars/trust_ratio/{path}", ratio)
-            tf.summary.scalar(f"lars/weight_norm/{path}", w_norm)
-            tf.summary.scalar(f"lars/grad_norm/{path}", g_norm)
+            self._summary.scalar(f"lars/trust_ratio/{path}", ratio)
+            self._summary.scalar(f"lars/weight_norm/{path}", w_norm)
+            self._summary.scalar(f"lars/grad_norm/{path}", g_norm)
         if stats:
-            tf.summary.histogram("lars/trust_ratios", np.array([s[0] for s in stats.values()]))
+            self._summary.histogram("lars/trust_ratios", np.array([s[0] for s in stats.values()]))
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._epoch_time
         rate = (self._step() - self._epoch_step) * self.global_batch_size / max(seconds, 1e-9)
         with self._writer.as_default(step=self._step()):
-            tf.summary.scalar("epoch_images_per_second", rate)
+            self._summary.scalar("epoch_images_per_second", rate)
             if self.bad_records is not None:
                 for kind, count in self.bad_records.result().items():
-                    tf.summary.scalar(f"skipped_records/{kind}", count)
+                    self._summary.scalar(f"skipped_records/{kind}", count)
         self._writer.flush()
 
     def on_train_end(self, logs=None):

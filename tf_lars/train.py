@@ -1,7 +1,9 @@
-"""tf-lars-train: train an image classifier with LARS under tf.distribute.
+"""tf-lars-train: train an image classifier with LARS under tf.distribute,
+or under JAX with keras.distribution (KERAS_BACKEND=jax; see engine.py).
 
     tf-lars-train --flagfile=fashion_mnist --data_dir=data/fashion_mnist
     python -m tf_lars.train --flagfile=flags/resnet50_lars_32k.cfg --data_dir=gs://...
+    KERAS_BACKEND=jax tf-lars-train --flagfile=resnet50_lars_32k --data_dir=gs://...
 
 `--flagfile` takes a path or the short name of a file in `flags/`
 (`resnet50_lars_32k`); flagfiles may include others by the same rule.
@@ -65,18 +67,28 @@ def setup():
     """Everything that can fail on bad flags or data, before any training."""
     import keras
 
-    from tf_lars.data import pipeline
-    from tf_lars.training import checkpoints, inputs, keras_mwms, recipe, strategy as strategies
+    from tf_lars.data.counts import BadRecords
+    from tf_lars.training import checkpoints, engine, inputs, recipe
 
-    if FLAGS.strategy == "multi_worker_mirrored" or os.environ.get("TF_CONFIG"):
-        keras_mwms.apply()
-    if FLAGS.deterministic:
-        if FLAGS.seed is None:
-            raise ValueError("--deterministic needs --seed: give both, e.g. --seed=1")
-        strategies.make_deterministic()
-    strategies.split_cpu(FLAGS.cpu_devices)
-    strategy = strategies.make(FLAGS.strategy, FLAGS.tpu, FLAGS.collective_communication)
-    chief = strategies.is_chief(strategy)
+    if FLAGS.deterministic and FLAGS.seed is None:
+        raise ValueError("--deterministic needs --seed: give both, e.g. --seed=1")
+    on_jax = engine.backend() == "jax"
+    if on_jax:
+        strategy = engine.JaxEngine(
+            FLAGS.strategy, FLAGS.cpu_devices, FLAGS.coordinator_address, FLAGS.num_processes,
+            FLAGS.process_id, FLAGS.deterministic, FLAGS.tpu)
+        chief = strategy.chief
+        logging.info("%s", strategy.describe())
+    else:
+        from tf_lars.training import keras_mwms, strategy as strategies
+
+        if FLAGS.strategy == "multi_worker_mirrored" or os.environ.get("TF_CONFIG"):
+            keras_mwms.apply()
+        if FLAGS.deterministic:
+            strategies.make_deterministic()
+        strategies.split_cpu(FLAGS.cpu_devices)
+        strategy = strategies.make(FLAGS.strategy, FLAGS.tpu, FLAGS.collective_communication)
+        chief = strategies.is_chief(strategy)
     if chief and not FLAGS.model_dir:
         raise ValueError("--model_dir is needed: where logs, checkpoints and the model go")
     if FLAGS.model_dir:
@@ -89,6 +101,8 @@ def setup():
         eval_split=FLAGS.eval_split,
         cache_eval=FLAGS.cache_eval, shuffle_buffer=FLAGS.shuffle_buffer, seed=FLAGS.seed)
     if data.data_format != "synthetic":
+        from tf_lars.data import pipeline
+
         splits = ["train", FLAGS.eval_split] + ([FLAGS.test_split] if FLAGS.test_split else [])
         for split in splits:  # Missing shards fail now, not mid-run.
             files = pipeline.list_files(data.data_dir, split, data.schema)
@@ -99,34 +113,48 @@ def setup():
         keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.mixed_precision != "none":
         keras.config.set_dtype_policy(FLAGS.mixed_precision)
-    bad_records = pipeline.BadRecords()  # Outside the scope: a host variable.
+    bad_records = BadRecords()  # Outside the scope: host variables.
     with strategy.scope():
         model = recipe.model(FLAGS, data)
         if FLAGS.init_weights:
             load_initial_weights(model, FLAGS.init_weights)
-        model.compile(**recipe.compile_args(d, FLAGS), jit_compile=FLAGS.jit_compile,
+        # Under JAX the step is always compiled (eager JAX runs op by op).
+        model.compile(**recipe.compile_args(d, FLAGS), jit_compile=on_jax or FLAGS.jit_compile,
                       steps_per_execution=FLAGS.steps_per_execution)
+    # Under JAX, synthetic data comes from numpy (no TensorFlow needed);
+    # each process makes its own rows of every global batch.
+    synthetic = on_jax and data.data_format == "synthetic"
+
+    def batches(global_batch, training, steps, split=None, skip_steps=0, counts=bad_records,
+                autotune=True):
+        if synthetic:  # (the training stream goes on across epochs; the others restart)
+            advance = training and split is None and counts is bad_records
+            return inputs.SyntheticBatches(data, global_batch, steps, advance,
+                                           strategy.process_id, strategy.num_processes,
+                                           skip_steps)
+        return strategy.distribute_datasets_from_function(inputs.dataset_fn(
+            data, global_batch, training, counts, split, autotune=autotune,
+            skip_steps=skip_steps))
+
     def train_data(skip_steps=0):
         """The training input, starting after `skip_steps` global batches."""
-        return strategy.distribute_datasets_from_function(
-            inputs.dataset_fn(data, FLAGS.batch_size, True, bad_records,
-                              skip_steps=skip_steps))
+        return batches(FLAGS.batch_size, True, d["steps_per_epoch"], skip_steps=skip_steps)
 
     # Each worker's pipeline is built here, so too few shards fail before training.
     train_data()
     # Evaluation and PreciseBN pipelines are iterated afresh each time: no
     # autotuning (see inputs.dataset_fn).
-    eval_ds, test_ds = (strategy.distribute_datasets_from_function(
-        inputs.dataset_fn(data, d["eval_batch"], False, bad_records, split, autotune=False))
-        if split else None for split in (FLAGS.eval_split, FLAGS.test_split))
+    eval_ds, test_ds = (batches(d["eval_batch"], False, steps, split, autotune=False)
+                        if split else None
+                        for split, steps in ((FLAGS.eval_split, d["eval_steps"]),
+                                             (FLAGS.test_split, d["test_steps"])))
     precise = None
     if d["precise_bn_steps"]:
         from tf_lars.training import precise_bn
 
         # A pipeline and counter of its own: its records are not counted twice.
-        bn_ds = strategy.distribute_datasets_from_function(
-            inputs.dataset_fn(data, FLAGS.batch_size, True, pipeline.BadRecords(),
-                              autotune=False))
+        bn_ds = batches(FLAGS.batch_size, True, d["precise_bn_steps"], counts=BadRecords(),
+                        autotune=False)
         try:
             with strategy.scope():
                 precise = precise_bn.PreciseBN(model, bn_ds, d["precise_bn_steps"])
@@ -140,24 +168,36 @@ def callbacks_for(chief, bad_records, d):
     import keras
 
     from tf_lars import monitoring
-    from tf_lars.training import checkpoints
+    from tf_lars.training import checkpoints, engine
 
     scratch = FLAGS.scratch_dir or tempfile.mkdtemp(prefix="tf_lars_worker_")
     out = FLAGS.model_dir if chief else scratch
     nan = monitoring.StopOnNaN()
+    mirror = os.path.join(scratch, "backup") if engine.backend() == "jax" else None
     backup = checkpoints.BackupAndRestore(
         os.path.join(FLAGS.model_dir or scratch, "backup"), chief=chief,
         every_steps=FLAGS.backup_every_steps, steps_per_epoch=d["steps_per_epoch"],
-        delete_checkpoint=False)
+        mirror_dir=mirror, delete_checkpoint=False)
     stopper = monitoring.StopAtStep(d["total_steps"], d["steps_per_epoch"])
     callbacks = [nan, backup, checkpoints.checkpoint_callback(out, chief, scratch), stopper]
-    if chief:  # TensorBoard: the chief alone.
-        callbacks += [keras.callbacks.TensorBoard(out, update_freq=FLAGS.log_every_steps),
-                      # Per-epoch metrics as a table; appended to on resume.
-                      keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
-                      monitoring.TrainingMonitor(os.path.join(out, "train"), FLAGS.batch_size,
-                                                 FLAGS.log_every_steps, bad_records),
-                      monitoring.SkippedRecords(bad_records, FLAGS.eval_split)]
+    # TensorBoard: the chief alone, except under JAX with several processes,
+    # where every process must run the same callbacks (reading the model's
+    # state between steps is a collective there); the others write to scratch.
+    if chief or engine.backend() == "jax":
+        # Per-epoch metrics as a table; appended to on resume.
+        table = keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True)
+        if engine.has_tensorflow():  # (both write event files with tf.summary)
+            callbacks += [keras.callbacks.TensorBoard(out, update_freq=FLAGS.log_every_steps),
+                          table,
+                          monitoring.TrainingMonitor(os.path.join(out, "train"),
+                                                     FLAGS.batch_size, FLAGS.log_every_steps,
+                                                     bad_records)]
+        else:
+            logging.warning("no TensorBoard logs: they are written with TensorFlow, which "
+                            "is not installed (pip install tensorflow-cpu); history.csv and "
+                            "summary.json are written")
+            callbacks.append(table)
+        callbacks.append(monitoring.SkippedRecords(bad_records, FLAGS.eval_split))
     return callbacks, nan, backup, stopper, out
 
 
@@ -233,16 +273,25 @@ def explain(error, data, strategy, bad, backup_dir):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import tensorflow as tf
-
-    from tf_lars.training import faults, strategy as strategies
+    from tf_lars.training import engine, faults
 
     try:
         strategy, chief, data, d, model, train_data, (eval_ds, test_ds), bad, precise = setup()
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"tf-lars-train: error: {e}")
     callbacks, nan, backup, stopper, out = callbacks_for(chief, bad, d)
-    preemption = faults.Preemption(backup, strategies.coordination(strategy))
+    coordination = None  # (JAX: SIGTERM stops the process it reaches; see README)
+    if engine.backend() != "jax":
+        from tf_lars.training import strategy as strategies
+
+        coordination = strategies.coordination(strategy)
+    preemption = faults.Preemption(backup, coordination)
+    # Input and worker faults surface as TensorFlow's errors (tf.data, collectives).
+    op_errors = ()
+    if engine.has_tensorflow():
+        import tensorflow as tf
+
+        op_errors = (tf.errors.OpError,)
     skipped = next((c for c in callbacks if c.__class__.__name__ == "SkippedRecords"), None)
     # PreciseBN recomputes BatchNorm statistics when an evaluation begins.
     at_eval = [precise] if precise else []
@@ -271,7 +320,7 @@ def main(argv):
             sys.exit(faults.PREEMPTED_EXIT_CODE)
         finish(model, histories, seconds, d, data, nan, backup, bad, at_eval, eval_ds,
                test_ds, chief, out, skipped)
-    except tf.errors.OpError as e:
+    except op_errors as e:
         line = explain(e, data, strategy, bad, backup.backup_dir)
         if line is None:
             raise

@@ -15,47 +15,11 @@ decoded), resized, randomly flipped, normalized. Evaluation: a centre crop.
   10 attempts, bilinear, eval on the whole image.
 """
 
-import dataclasses
-
 import tensorflow as tf
 
+from tf_lars.data.presets import (  # noqa: F401  (re-exported)
+    IMAGENET_MEAN, IMAGENET_STD, LEGACY, LEGACY_MEAN, PRESETS, SMALL, TPU, Preset, get_preset)
 from tf_lars.models.layers import per_channel
-
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-LEGACY_MEAN = (123.68, 116.78, 103.94)
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """Every number of a preprocessing recipe."""
-
-    min_object_covered: float
-    aspect_ratio_range: tuple
-    area_range: tuple
-    max_attempts: int
-    use_boxes: bool  # The record's boxes guide the crop (else whole image).
-    fallback_center_crop: bool  # All attempts failed: centre crop (TPU).
-    resize_method: str
-    eval_crop_padding: int  # Centre crop of size/(size+padding) of the short side...
-    eval_resize_min: int  # ...or (when > 0) resize short side to this, crop size.
-    mean: tuple
-    std: tuple
-
-
-TPU = Preset(0.1, (3 / 4, 4 / 3), (0.08, 1.0), 10, False, True, "bicubic",
-             32, 0, IMAGENET_MEAN, IMAGENET_STD)
-LEGACY = Preset(0.1, (0.75, 1.33), (0.05, 1.0), 100, True, False, "bilinear",
-                0, 256, LEGACY_MEAN, (1.0, 1.0, 1.0))
-SMALL = Preset(0.1, (3 / 4, 4 / 3), (0.8, 1.0), 10, False, False, "bilinear",
-               0, 0, (127.5,), (127.5,))
-PRESETS = {"tpu": TPU, "legacy": LEGACY, "small": SMALL}
-
-
-def get_preset(name, **overrides):
-    if name not in PRESETS:
-        raise ValueError(f"Unknown preprocessing preset {name!r}: use one of {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
 
 
 def _resize(image, size, method):

@@ -11,7 +11,44 @@ import json
 import os
 
 import keras
-import tensorflow as tf
+
+
+def _gfile():
+    """TensorFlow's file API (remote paths like gs:// too), or None without
+    TensorFlow (the JAX engine), where paths are local files."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return None
+    return tf.io.gfile
+
+
+def _read_text(path):
+    gfile = _gfile()
+    if gfile is None:
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return f.read()
+    if not gfile.exists(path):
+        return None
+    with gfile.GFile(path) as f:
+        return f.read()
+
+
+def _write_text_atomically(path, text):
+    """Writes `path` through a rename: readers see the old text or the new."""
+    gfile, partial = _gfile(), path + ".partial"
+    if gfile is None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(partial, "w") as f:
+            f.write(text)
+        os.replace(partial, path)
+        return
+    gfile.makedirs(os.path.dirname(path))
+    with gfile.GFile(partial, "w") as f:
+        f.write(text)
+    gfile.rename(partial, path, overwrite=True)
 
 # Flags that say where and how a run executes, not what it trains: a
 # preempted run may resume with other values of these (on other machines, a
@@ -19,7 +56,8 @@ import tensorflow as tf
 MAY_CHANGE_ON_RESUME = frozenset({
     "data_dir", "strategy", "tpu", "collective_communication", "cpu_devices", "model_dir",
     "scratch_dir", "log_every_steps", "log_trust_ratios", "verbose", "cache_eval",
-    "jit_compile", "steps_per_execution", "deterministic", "backup_every_steps"})
+    "jit_compile", "steps_per_execution", "deterministic", "backup_every_steps",
+    "coordinator_address", "num_processes", "process_id"})
 
 
 def check_resume(model_dir, flag_values):
@@ -54,11 +92,8 @@ def read_backup(backup_dir):
     already trained (0 for a backup made at an epoch's end); `step` the
     optimizer steps trained in all (absent from backups of older versions).
     """
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    text = _read_text(os.path.join(backup_dir, "training_metadata.json"))
+    return None if text is None else json.loads(text)
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -77,9 +112,14 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     tells a backup at an epoch's last batch to resume in the next epoch.
     """
 
-    def __init__(self, backup_dir, chief=True, every_steps=0, steps_per_epoch=None, **kwargs):
+    def __init__(self, backup_dir, chief=True, every_steps=0, steps_per_epoch=None,
+                 mirror_dir=None, **kwargs):
         super().__init__(backup_dir, **kwargs)
         self.chief = chief
+        # Under JAX with several processes, saving reads the model's state in
+        # collectives that every process must join: the other processes save
+        # the same weights here (their scratch folder) when the chief backs up.
+        self.mirror_dir = mirror_dir
         self.every_steps = every_steps
         self.steps_per_epoch = steps_per_epoch
         self.resumed_from_epoch = None
@@ -115,16 +155,22 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         step = self._steps()
         if self.steps_per_epoch and batch >= self.steps_per_epoch:
             epoch, batch = epoch + 1, 0  # (Keras resumes at the epoch it reads)
-        if not self.chief or self.final or (epoch, batch, step) == self._last_saved:
+        if self.final or (epoch, batch, step) == self._last_saved:
             return
-        tf.io.gfile.makedirs(self.backup_dir)
+        if not self.chief:
+            if self.mirror_dir:  # (JAX, several processes: see __init__)
+                os.makedirs(self.mirror_dir, exist_ok=True)
+                self.model.save_weights(os.path.join(self.mirror_dir, "latest.weights.h5"),
+                                        overwrite=True)
+                self._last_saved = (epoch, batch, step)
+            return
+        gfile = _gfile()
+        (gfile.makedirs if gfile else lambda d: os.makedirs(d, exist_ok=True))(self.backup_dir)
         self.model.save_weights(filepath=self._weights_path, overwrite=True)
         # Written after the weights, through a rename: a backup is never
         # described by metadata of another one.
-        partial = self._training_metadata_path + ".partial"
-        with tf.io.gfile.GFile(partial, "w") as f:
-            f.write(json.dumps({"epoch": epoch, "batch": batch, "step": step}))
-        tf.io.gfile.rename(partial, self._training_metadata_path, overwrite=True)
+        _write_text_atomically(self._training_metadata_path,
+                               json.dumps({"epoch": epoch, "batch": batch, "step": step}))
         self._last_saved = (epoch, batch, step)
 
     def on_train_end(self, logs=None):

@@ -94,12 +94,19 @@ def define(flag_values=flags.FLAGS):
                      "multi-threaded CPU backward kernels otherwise add partial sums in the "
                      "order threads finish). Much slower on multi-core CPUs.")
     # Distribution and speed.
-    d.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.")
+    d.DEFINE_enum("strategy", "auto", list(STRATEGIES),
+                  "tf.distribute strategy (KERAS_BACKEND=tensorflow); under KERAS_BACKEND=jax "
+                  "auto (keras.distribution.DataParallel over every device) or one_device.")
     d.DEFINE_string("tpu", None, "TPU name or address (--strategy=tpu or auto).")
     d.DEFINE_enum("collective_communication", "auto", list(COLLECTIVES),
                   "All-reduce of multi_worker_mirrored.")
     d.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many logical devices "
                      "(for mirrored runs and tests on machines without GPUs).")
+    d.DEFINE_string("coordinator_address", None, "JAX, several processes: host:port of "
+                    "process 0 (with --num_processes, --process_id; else Keras's "
+                    "KERAS_DISTRIBUTION_* environment variables).")
+    d.DEFINE_integer("num_processes", None, "JAX: processes (hosts) of the run.")
+    d.DEFINE_integer("process_id", None, "JAX: this process's index, 0 for the chief.")
     d.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"],
                   "Keras dtype policy.")
     d.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")

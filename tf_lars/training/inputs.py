@@ -1,10 +1,15 @@
-"""The trainer's data: per-format defaults, shard pipelines and synthetic data."""
+"""The trainer's data: per-format defaults, shard pipelines and synthetic data.
+
+TensorFlow is imported only where `tf.data` is used: the JAX engine on
+synthetic data runs without it (`SyntheticBatches`).
+"""
 
 import dataclasses
 
-import tensorflow as tf
+import keras
+import numpy as np
 
-from tf_lars.data import pipeline, preprocessing
+from tf_lars.data import presets
 from tf_lars.models.layers import per_channel
 
 # Sizes and shapes of each data format, used where a flag is left unset.
@@ -43,7 +48,7 @@ class DataSpec:
     @property
     def norm(self):
         """Mean and std the model applies to the uint8 pixels it receives."""
-        recipe = preprocessing.get_preset(self.preset)
+        recipe = presets.get_preset(self.preset)
         return recipe.mean, recipe.std
 
 
@@ -81,6 +86,8 @@ def spec(data_format, data_dir=None, eval_split="validation", **given):
 
 
 def _one_hot(num_classes):
+    import tensorflow as tf
+
     def convert(images, labels):
         return images, tf.one_hot(labels, num_classes)
     return convert
@@ -93,6 +100,8 @@ def synthetic(data, context, global_batch_size, skip_steps=0):
     takes its slice of every global batch, so any topology (devices,
     workers) sees the same global batches: runs can be compared exactly.
     """
+    import tensorflow as tf
+
     per_replica = context.get_per_replica_batch_size(global_batch_size)
     replicas_here = context.num_replicas_in_sync // context.num_input_pipelines
     first = context.input_pipeline_id * replicas_here
@@ -128,6 +137,10 @@ def dataset_fn(data, global_batch_size, training, bad_records=None, split=None,
     uninterrupted run would go on; an unseeded one is random anyway and
     starts afresh.
     """
+    import tensorflow as tf
+
+    from tf_lars.data import pipeline
+
     split = split or ("train" if training else "validation")
     options = tf.data.Options()
     options.autotune.enabled = autotune
@@ -149,3 +162,46 @@ def dataset_fn(data, global_batch_size, training, bad_records=None, split=None,
         ds = ds.map(_one_hot(data.num_classes)).prefetch(tf.data.AUTOTUNE)
         return ds.with_options(options)
     return make
+
+
+class SyntheticBatches(keras.utils.PyDataset):
+    """The synthetic stream without TensorFlow, for the JAX engine: this
+    process's rows of each global batch, as numpy arrays, `steps` a pass.
+
+    Example `i` is drawn from a generator seeded with `(seed, i % 4096)`
+    and labelled `i % num_classes`; process `p` of `n` takes rows
+    `p*b/n .. (p+1)*b/n` of each global batch of `b`, so any number of
+    processes and devices sees the same global batches. With `advance`
+    (training), each pass goes on where the last one stopped; otherwise
+    every pass (an evaluation) reads the same batches. `skip_steps`: global
+    batches already trained (a resumed run).
+    """
+
+    def __init__(self, data, global_batch_size, steps, advance=True, process_id=0,
+                 num_processes=1, skip_steps=0):
+        super().__init__()
+        if global_batch_size % num_processes:
+            raise ValueError(f"--batch_size={global_batch_size} does not divide among "
+                             f"{num_processes} processes")
+        self.per_process = global_batch_size // num_processes
+        self.first = process_id * self.per_process
+        self.global_batch, self.steps, self.advance = global_batch_size, steps, advance
+        self.offset, self._read = skip_steps, 0
+        self.shape = (data.image_size, data.image_size, data.channels)
+        self.seed = data.seed or 0
+        self.one_hot = np.eye(data.num_classes, dtype="float32")
+
+    def __len__(self):
+        return self.steps
+
+    def __getitem__(self, index):
+        self._read = max(self._read, index + 1)
+        start = (self.offset + index) * self.global_batch + self.first
+        rows = np.arange(start, start + self.per_process)
+        images = np.stack([np.random.default_rng([self.seed, i % 4096]).integers(
+            0, 256, self.shape, dtype=np.uint8) for i in rows])
+        return images, self.one_hot[rows % len(self.one_hot)]
+
+    def on_epoch_end(self):
+        if self.advance:  # (a resumed epoch's pass reads fewer than `steps`)
+            self.offset, self._read = self.offset + self._read, 0

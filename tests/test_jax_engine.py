@@ -1,0 +1,174 @@
+"""tf-lars-train under KERAS_BACKEND=jax: keras.distribution over two XLA CPU
+devices and over two processes (jax.distributed on 127.0.0.1), resume after
+a kill, TensorBoard, and a run on synthetic data without TensorFlow.
+
+Each run is a subprocess of the real program with the same flags as the
+TensorFlow engine's tests (TINY); weights are compared with the saved models.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from test_training import (TINY, free_port, last_line, read_tags, stem_statistics, train,
+                           weights_of)
+
+if importlib.util.find_spec("jax") is None:
+    pytest.fail('JAX is not installed: pip install "jax[cpu]" (or bash tools/setup_env.sh)',
+                pytrace=False)
+
+JAX = dict(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+# A TensorFlow that cannot be imported: the program must not need it here.
+WITHOUT_TF = """
+import runpy, sys
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError("No module named 'tensorflow'", name=name)
+sys.meta_path.insert(0, NoTensorFlow())
+sys.argv = ["tf-lars-train"] + sys.argv[1:]
+runpy.run_module("tf_lars.train", run_name="__main__")
+"""
+
+
+def jax_train(*args, timeout=400):
+    return train(*args, timeout=timeout, **JAX)
+
+
+def assert_same_weights(a, b, atol=1e-5):
+    wa, wb = weights_of(a), weights_of(b)
+    assert len(wa) == len(wb)
+    for x, y in zip(wa, wb):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=atol)
+
+
+@pytest.mark.heavy
+def test_two_devices_train_like_one_and_the_chief_logs_what_tensorflow_logs(tmp_path):
+    common = [*TINY, "--epochs=2", "--log_trust_ratios", "--precise_bn_images=32"]
+    one = jax_train(*common, f"--model_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "JAX: 1 devices" in one.stderr
+    two = jax_train(*common, f"--model_dir={tmp_path / 'two'}", "--cpu_devices=2")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "JAX: 2 devices" in two.stderr and "2 replicas, global batch 16 (8 each)" in two.stderr
+    # DataParallel: each device takes half of every global batch, BatchNorm
+    # and LARS's norms see the whole of it: the same weights as one device.
+    assert_same_weights(tmp_path / "one" / "model.keras", tmp_path / "two" / "model.keras")
+    assert np.abs(weights_of(tmp_path / "two" / "model.keras")[0]).max() > 0
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["steps"] == 8
+    # PreciseBN: the stem's statistics are those of the stream's first 32
+    # images under the final weights (a numpy convolution).
+    import keras
+
+    from tf_lars.training import inputs
+
+    data = inputs.spec("synthetic", image_size=16, num_classes=4, seed=3)
+    images = np.concatenate([inputs.SyntheticBatches(data, 16, 2, advance=False)[i][0]
+                             for i in range(2)]).astype(np.float64)
+    model = keras.models.load_model(tmp_path / "two" / "model.keras", compile=False)
+    mean, var = stem_statistics(model, images)
+    bn = model.get_layer("stem_bn")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), mean, rtol=1e-3,
+                               atol=1e-3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), var,
+                               rtol=1e-3, atol=1e-3)
+    history = (tmp_path / "two" / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_accuracy" in history[0]
+    tags = read_tags(str(tmp_path / "two"))
+    for expected in [("train", "learning_rate"), ("train", "images_per_second"),
+                     ("train", "epoch_images_per_second"), ("train", "epoch_loss"),
+                     ("train", "epoch_accuracy"), ("validation", "epoch_accuracy"),
+                     ("train", "skipped_records/bad_images"), ("train", "lars/trust_ratios"),
+                     ("train", "lars/trust_ratio/stem_conv/kernel")]:
+        assert expected in tags, sorted(tags)
+
+
+@pytest.mark.heavy
+def test_two_processes_train_like_one_process_with_both_devices(tmp_path):
+    common = [*TINY, "--epochs=2", "--eval_every_epochs=0"]
+    both = jax_train(*common, f"--model_dir={tmp_path / 'both'}", "--cpu_devices=2")
+    assert both.returncode == 0, both.stderr[-3000:]
+    address = f"127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "tf_lars.train", *common, f"--model_dir={tmp_path / 'hosts'}",
+         f"--scratch_dir={tmp_path / f'scratch{i}'}", f"--coordinator_address={address}",
+         "--num_processes=2", f"--process_id={i}"],
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)), **JAX),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=400) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    for p, (_, err) in zip(processes, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "2 devices (cpu) in 2 processes, this is process 1" in outputs[1][1]
+    # Process 0 alone writes the run's folder.
+    assert (tmp_path / "hosts" / "summary.json").exists()
+    assert not (tmp_path / "scratch1" / "summary.json").exists()
+    assert json.loads((tmp_path / "hosts" / "summary.json").read_text())["steps"] == 8
+    assert_same_weights(tmp_path / "both" / "model.keras", tmp_path / "hosts" / "model.keras")
+
+
+@pytest.mark.heavy
+def test_a_killed_jax_run_resumes_with_the_same_step_count(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, f"--model_dir={out}", "--epochs=6", "--train_examples=320",
+            "--eval_every_epochs=0"]
+    process = subprocess.Popen([sys.executable, "-m", "tf_lars.train", *args],
+                               env=dict(os.environ, PYTHONPATH=os.path.dirname(
+                                   os.path.dirname(__file__)), **JAX),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = out / "backup" / "training_metadata.json"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:
+            if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    finally:
+        process.kill()
+    assert not (out / "summary.json").exists()
+    result = jax_train(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_epoch"] >= 2
+    assert summary["steps"] == 6 * 20  # as many steps as an uninterrupted run
+
+
+def test_nan_loss_stops_under_jax_too(tmp_path):
+    result = jax_train(*TINY, f"--model_dir={tmp_path}", "--epochs=2", "--learning_rate=1e30",
+                       "--trust_coefficient=1e10")
+    assert result.returncode != 0
+    assert "training stopped: the loss became" in last_line(result)
+
+
+@pytest.mark.heavy
+def test_synthetic_runs_without_tensorflow_and_bad_strategies_are_named(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TF, *TINY, "--epochs=1", f"--model_dir={tmp_path}",
+         "--mixed_precision=mixed_bfloat16"],
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)), **JAX),
+        capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no TensorBoard logs: they are written with TensorFlow" in result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 4 and np.isfinite(summary["loss"])
+    wrong = jax_train(*TINY, "--epochs=1", f"--model_dir={tmp_path / 'x'}",
+                      "--strategy=mirrored")
+    assert wrong.returncode != 0
+    assert last_line(wrong) == (
+        "tf-lars-train: error: --strategy=mirrored is for TensorFlow's tf.distribute "
+        "(KERAS_BACKEND=tensorflow); under KERAS_BACKEND=jax use --strategy=auto (every "
+        "device of every process, keras.distribution.DataParallel) or --strategy=one_device")
