@@ -50,9 +50,12 @@ def test_oldest_environment_has_the_oldest_versions():
 
 
 @pytest.mark.heavy
-def test_central_suites_and_two_workers_on_the_oldest_versions():
-    suites = [os.path.join(HERE, s) for s in SUITES] + [os.path.join(HERE, TWO_WORKERS)]
-    result = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", *suites])
+@pytest.mark.parametrize("part", ["optimizer", "training"])
+def test_central_suites_and_two_workers_on_the_oldest_versions(part):
+    # Two halves, so that pytest-xdist runs them side by side.
+    names = SUITES[:3] if part == "optimizer" else SUITES[3:] + [TWO_WORKERS]
+    suites = [os.path.join(HERE, s) for s in names]
+    result = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *suites])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout
 
@@ -60,7 +63,8 @@ def test_central_suites_and_two_workers_on_the_oldest_versions():
 @pytest.mark.heavy
 def test_backend_neutral_suites_under_the_oldest_jax():
     suites = [os.path.join(HERE, s) for s in SUITES if s != "test_optimizer_training.py"]
-    result = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not tf_distribute",
+    result = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                  "-k", "not tf_distribute",
                   *suites], KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 TF_LARS_WITH_BAZEL=1 bash tools/setup_env.sh
 [ "${TF_LARS_SKIP_OLDEST:-0}" = 1 ] || bash tools/setup_oldest.sh
 
-.venv/bin/python -m pytest -q --durations=15 -n "${TF_LARS_TEST_JOBS:-$(nproc)}" "$@"
+.venv/bin/python -m pytest -q --durations=15 -n "${TF_LARS_TEST_JOBS:-$(nproc)}" --dist=worksteal "$@"
 
 if command -v bazel >/dev/null; then
   echo "== bazel test //:optimizer_tests"
