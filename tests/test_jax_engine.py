@@ -8,17 +8,14 @@ TensorFlow engine's tests (TINY); weights are compared with the saved models.
 
 import importlib.util
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from test_training import (TINY, free_port, last_line, read_tags, stem_statistics, train,
-                           weights_of)
+from test_training import (TINY, env, free_port, kill_after_backup, last_line, read_tags,
+                           stem_statistics, train, weights_of)
 
 if importlib.util.find_spec("jax") is None:
     pytest.fail('JAX is not installed: pip install "jax[cpu]" (or bash tools/setup_env.sh)',
@@ -101,8 +98,7 @@ def test_two_processes_train_like_one_process_with_both_devices(tmp_path):
         [sys.executable, "-m", "tf_lars.train", *common, f"--model_dir={tmp_path / 'hosts'}",
          f"--scratch_dir={tmp_path / f'scratch{i}'}", f"--coordinator_address={address}",
          "--num_processes=2", f"--process_id={i}"],
-        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)), **JAX),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        env=env(**JAX), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:
         outputs = [p.communicate(timeout=400) for p in processes]
     finally:
@@ -123,23 +119,7 @@ def test_a_killed_jax_run_resumes_with_the_same_step_count(tmp_path):
     out = tmp_path / "run"
     args = [*TINY, f"--model_dir={out}", "--epochs=6", "--train_examples=320",
             "--eval_every_epochs=0"]
-    process = subprocess.Popen([sys.executable, "-m", "tf_lars.train", *args],
-                               env=dict(os.environ, PYTHONPATH=os.path.dirname(
-                                   os.path.dirname(__file__)), **JAX),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metadata = out / "backup" / "training_metadata.json"
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and process.poll() is None:
-            if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
-                break
-            time.sleep(0.2)
-        assert process.poll() is None, "the run ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait(30)
-    finally:
-        process.kill()
-    assert not (out / "summary.json").exists()
+    kill_after_backup(args, out, **JAX)
     result = jax_train(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -159,8 +139,7 @@ def test_synthetic_runs_without_tensorflow_and_bad_strategies_are_named(tmp_path
     result = subprocess.run(
         [sys.executable, "-c", WITHOUT_TF, *TINY, "--epochs=1", f"--model_dir={tmp_path}",
          "--mixed_precision=mixed_bfloat16"],
-        env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)), **JAX),
-        capture_output=True, text=True, timeout=400)
+        env=env(**JAX), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no TensorBoard logs: they are written with TensorFlow" in result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -276,17 +276,17 @@ def test_nan_loss_stops_with_likely_causes(tmp_path):
     assert "training stopped: the loss became" in line and "--trust_coefficient" in line
 
 
-def test_killed_run_resumes_with_the_same_step_count(tmp_path):
-    out = tmp_path / "run"
-    args = [*TINY, f"--model_dir={out}", "--epochs=6", "--train_examples=640",
-            "--eval_every_epochs=0"]
-    process = subprocess.Popen([sys.executable, "-m", "tf_lars.train", *args], env=env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_after_backup(args, out, epoch=2, timeout=300, **extra_env):
+    """Starts the trainer; SIGKILLs it once its backup reaches `epoch`."""
+    process = subprocess.Popen([sys.executable, "-m", "tf_lars.train", *args],
+                               env=env(**extra_env), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     metadata = out / "backup" / "training_metadata.json"
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + timeout
         while time.time() < deadline and process.poll() is None:
-            if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2:
+            if (metadata.exists()
+                    and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= epoch):
                 break
             time.sleep(0.2)
         assert process.poll() is None, "the run ended before it could be killed"
@@ -295,6 +295,13 @@ def test_killed_run_resumes_with_the_same_step_count(tmp_path):
     finally:
         process.kill()
     assert not (out / "summary.json").exists()
+
+
+def test_killed_run_resumes_with_the_same_step_count(tmp_path):
+    out = tmp_path / "run"
+    args = [*TINY, f"--model_dir={out}", "--epochs=6", "--train_examples=640",
+            "--eval_every_epochs=0"]
+    kill_after_backup(args, out)
     result = train(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
