@@ -1,6 +1,7 @@
 """tf-lars-train under KERAS_BACKEND=jax: keras.distribution over two XLA CPU
 devices and over two processes (jax.distributed on 127.0.0.1), resume after
-a kill, TensorBoard, and a run on synthetic data without TensorFlow.
+SIGTERM and a kill, TensorBoard, and a run on synthetic data where
+TensorFlow is not installed (.venv-jax, tools/setup_jax_only.sh).
 
 Each run is a subprocess of the real program with the same flags as the
 TensorFlow engine's tests (TINY); weights are compared with the saved models.
@@ -8,12 +9,15 @@ TensorFlow engine's tests (TINY); weights are compared with the saved models.
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+import jax_only
 from test_training import (TINY, env, free_port, kill_after_backup, last_line, read_tags,
                            stem_statistics, train, weights_of)
 
@@ -22,21 +26,21 @@ if importlib.util.find_spec("jax") is None:
                 pytrace=False)
 
 JAX = dict(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-# A TensorFlow that cannot be imported: the program must not need it here.
-WITHOUT_TF = """
-import runpy, sys
-class NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ModuleNotFoundError("No module named 'tensorflow'", name=name)
-sys.meta_path.insert(0, NoTensorFlow())
-sys.argv = ["tf-lars-train"] + sys.argv[1:]
-runpy.run_module("tf_lars.train", run_name="__main__")
-"""
 
 
 def jax_train(*args, timeout=400):
     return train(*args, timeout=timeout, **JAX)
+
+
+def wait_for_backup(run, processes, step, timeout=300):
+    metadata = run / "backup" / "training_metadata.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("step", 0) >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the processes ended or stalled before the backup: " +
+                         processes[0].communicate(timeout=60)[1][-2000:])
 
 
 def assert_same_weights(a, b, atol=1e-5):
@@ -68,7 +72,7 @@ def test_two_devices_train_like_one_and_the_chief_logs_what_tensorflow_logs(tmp_
     from tf_lars.training import inputs
 
     data = inputs.spec("synthetic", image_size=16, num_classes=4, seed=3)
-    images = np.concatenate([inputs.SyntheticBatches(data, 16, 2, advance=False)[i][0]
+    images = np.concatenate([inputs.SyntheticBatches(data, 16, 2)[i][0]
                              for i in range(2)]).astype(np.float64)
     model = keras.models.load_model(tmp_path / "two" / "model.keras", compile=False)
     mean, var = stem_statistics(model, images)
@@ -88,30 +92,58 @@ def test_two_devices_train_like_one_and_the_chief_logs_what_tensorflow_logs(tmp_
         assert expected in tags, sorted(tags)
 
 
-@pytest.mark.heavy
-def test_two_processes_train_like_one_process_with_both_devices(tmp_path):
-    common = [*TINY, "--epochs=2", "--eval_every_epochs=0"]
-    both = jax_train(*common, f"--model_dir={tmp_path / 'both'}", "--cpu_devices=2")
-    assert both.returncode == 0, both.stderr[-3000:]
+def start_processes(args, model_dir, scratch_root):
+    """Two trainer processes joined by jax.distributed on 127.0.0.1."""
     address = f"127.0.0.1:{free_port()}"
-    processes = [subprocess.Popen(
-        [sys.executable, "-m", "tf_lars.train", *common, f"--model_dir={tmp_path / 'hosts'}",
-         f"--scratch_dir={tmp_path / f'scratch{i}'}", f"--coordinator_address={address}",
+    return [subprocess.Popen(
+        [sys.executable, "-m", "tf_lars.train", *args, f"--model_dir={model_dir}",
+         f"--scratch_dir={scratch_root / f'scratch{i}'}", f"--coordinator_address={address}",
          "--num_processes=2", f"--process_id={i}"],
-        env=env(**JAX), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        env=env(**JAX), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+
+
+def finish(processes, timeout=400):
     try:
-        outputs = [p.communicate(timeout=400) for p in processes]
+        return [p.communicate(timeout=timeout) for p in processes]
     finally:
         for p in processes:
             p.kill()
-    for p, (_, err) in zip(processes, outputs):
-        assert p.returncode == 0, err[-3000:]
+
+
+@pytest.mark.heavy
+def test_two_processes_stop_together_on_sigterm_and_resume_to_one_process_weights(tmp_path):
+    # 20 steps an epoch; a backup every 2 steps shows where the run is.
+    common = [*TINY, "--epochs=2", "--train_examples=320", "--eval_every_epochs=0",
+              "--backup_every_steps=2", "--precise_bn_images=32"]
+    both = jax_train(*common, f"--model_dir={tmp_path / 'both'}", "--cpu_devices=2")
+    assert both.returncode == 0, both.stderr[-3000:]
+    run = tmp_path / "hosts"
+    processes = start_processes(common, run, tmp_path)
+    try:
+        wait_for_backup(run, processes, step=4)
+        processes[1].send_signal(signal.SIGTERM)  # process 0 is told nothing
+        outputs = finish(processes)
+    finally:
+        for p in processes:
+            p.kill()
+    assert [p.returncode for p in processes] == [75, 75], [e[-3000:] for _, e in outputs]
     assert "2 devices (cpu) in 2 processes, this is process 1" in outputs[1][1]
+    # JAX's preemption sync: both back up and stop at one step.
+    steps = {out.strip().splitlines()[-1].split("at step ")[1].split(";")[0]
+             for out, _ in outputs}
+    saved = json.loads((run / "backup" / "training_metadata.json").read_text())
+    assert steps == {str(saved["step"])} and 4 <= saved["step"] < 20, (steps, saved)
+    again = start_processes(common, run, tmp_path)
+    resumed = finish(again)
+    assert [p.returncode for p in again] == [0, 0], [e[-3000:] for _, e in resumed]
     # Process 0 alone writes the run's folder.
-    assert (tmp_path / "hosts" / "summary.json").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 40 and summary["resumed_from_epoch"] == 0
     assert not (tmp_path / "scratch1" / "summary.json").exists()
-    assert json.loads((tmp_path / "hosts" / "summary.json").read_text())["steps"] == 8
-    assert_same_weights(tmp_path / "both" / "model.keras", tmp_path / "hosts" / "model.keras")
+    # The same weights as one process with both devices, PreciseBN's
+    # statistics (over both processes' images) included.
+    assert_same_weights(tmp_path / "both" / "model.keras", run / "model.keras")
 
 
 @pytest.mark.heavy
@@ -135,9 +167,11 @@ def test_nan_loss_stops_under_jax_too(tmp_path):
 
 
 @pytest.mark.heavy
-def test_synthetic_runs_without_tensorflow_and_bad_strategies_are_named(tmp_path):
+def test_synthetic_runs_where_tensorflow_is_not_installed_and_bad_strategies_are_named(
+        tmp_path):
+    # tf-lars-train as installed by pip install "tf_lars[jax]", no TensorFlow.
     result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TF, *TINY, "--epochs=1", f"--model_dir={tmp_path}",
+        [jax_only.command("tf-lars-train"), *TINY, "--epochs=1", f"--model_dir={tmp_path}",
          "--mixed_precision=mixed_bfloat16"],
         env=env(**JAX), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]

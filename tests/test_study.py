@@ -118,8 +118,8 @@ TINY = ["--baseline_batch=20", "--batch_sizes=100", "--sgd_rates=0.1", "--lars_t
         "--trainer_flags=--eval_batch_size=20,--shuffle_buffer=100,--precise_bn_images=200"]
 
 
-def run_study(*args, timeout=600, **env):
-    command = [sys.executable, os.path.join(ROOT, "tools", "large_batch_study.py"), *args]
+def run_study(*args, timeout=600, python=sys.executable, **env):
+    command = [python, os.path.join(ROOT, "tools", "large_batch_study.py"), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **env))
 
@@ -189,22 +189,22 @@ def test_a_tiny_study_end_to_end(tmp_path):
     assert os.path.getmtime(summary) == before
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                    reason='JAX is not installed: pip install "jax[cpu]"')
 @pytest.mark.heavy
 def test_a_tiny_study_in_memory_on_jax(tmp_path):
     """--engine=arrays under KERAS_BACKEND=jax: the GPU machine's way, on the CPU.
 
-    With --jobs=2, as on the GPU machine: two runs at a time, each a process
-    of the tool that trains in memory (its output in the run's train.log).
+    Where TensorFlow is not installed (.venv-jax), as on the GPU machine; with
+    --jobs=2: two runs at a time, each a process of the tool that trains in
+    memory (its output in the run's train.log).
     """
-    pytest.importorskip("matplotlib")
+    import jax_only
     from test_tools import generated_idx
 
     idx = generated_idx(tmp_path / "idx", 260, 40)
     result = run_study("--engine=arrays", f"--idx_dir={idx}", "--holdout=60",
                        f"--runs_dir={tmp_path / 'runs'}", f"--output_dir={tmp_path / 'docs'}",
-                       "--jobs=2", *TINY, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+                       "--jobs=2", *TINY, python=jax_only.command(), KERAS_BACKEND="jax",
+                       JAX_PLATFORMS="cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     check_study(tmp_path / "docs", tmp_path / "runs")
     run_dirs = list((tmp_path / "runs").iterdir())

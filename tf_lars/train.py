@@ -127,18 +127,18 @@ def setup():
 
     def batches(global_batch, training, steps, split=None, skip_steps=0, counts=bad_records,
                 autotune=True):
-        if synthetic:  # (the training stream goes on across epochs; the others restart)
-            advance = training and split is None and counts is bad_records
-            return inputs.SyntheticBatches(data, global_batch, steps, advance,
-                                           strategy.process_id, strategy.num_processes,
-                                           skip_steps)
+        if synthetic:
+            return inputs.SyntheticBatches(data, global_batch, steps, strategy.process_id,
+                                           strategy.num_processes, skip_steps)
         return strategy.distribute_datasets_from_function(inputs.dataset_fn(
             data, global_batch, training, counts, split, autotune=autotune,
             skip_steps=skip_steps))
 
     def train_data(skip_steps=0):
         """The training input, starting after `skip_steps` global batches."""
-        return batches(FLAGS.batch_size, True, d["steps_per_epoch"], skip_steps=skip_steps)
+        # (A synthetic stream is one pass over the run's remaining steps.)
+        return batches(FLAGS.batch_size, True, d["epochs"] * d["steps_per_epoch"] - skip_steps,
+                       skip_steps=skip_steps)
 
     # Each worker's pipeline is built here, so too few shards fail before training.
     train_data()
@@ -280,12 +280,14 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"tf-lars-train: error: {e}")
     callbacks, nan, backup, stopper, out = callbacks_for(chief, bad, d)
-    coordination = None  # (JAX: SIGTERM stops the process it reaches; see README)
-    if engine.backend() != "jax":
+    coordination = sync_point = None
+    if engine.backend() == "jax":
+        sync_point = strategy.preemption_sync_point()
+    else:
         from tf_lars.training import strategy as strategies
 
         coordination = strategies.coordination(strategy)
-    preemption = faults.Preemption(backup, coordination)
+    preemption = faults.Preemption(backup, coordination, sync_point=sync_point)
     # Input and worker faults surface as TensorFlow's errors (tf.data, collectives).
     op_errors = ()
     if engine.has_tensorflow():

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of tf_lars: pytest, then the Bazel targets (offline).
-# Sets up .venv and .venv-oldest first (tools/setup_env.sh,
-# tools/setup_oldest.sh), so it works on a fresh clone. Tests run on
+# Sets up .venv, .venv-jax and .venv-oldest first (tools/setup_env.sh,
+# tools/setup_jax_only.sh, tools/setup_oldest.sh), so it works on a fresh clone. Tests run on
 # TF_LARS_TEST_JOBS processes (default: one per core; pytest-xdist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TF_LARS_WITH_BAZEL=1 bash tools/setup_env.sh
+bash tools/setup_jax_only.sh
 [ "${TF_LARS_SKIP_OLDEST:-0}" = 1 ] || bash tools/setup_oldest.sh
 
 .venv/bin/python -m pytest -q --durations=15 -n "${TF_LARS_TEST_JOBS:-$(nproc)}" --dist=worksteal "$@"

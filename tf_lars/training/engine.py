@@ -105,6 +105,15 @@ class JaxEngine:
         keras.distribution.initialize(job_addresses=coordinator_address,
                                       num_processes=num_processes, process_id=process_id)
 
+    def preemption_sync_point(self):
+        """With several processes, JAX's agreement on where to stop after a
+        SIGTERM reaches any of them (`Preemption`'s `sync_point`); else None."""
+        if self.num_processes == 1:
+            return None
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.reached_preemption_sync_point
+
     @property
     def chief(self):
         """Process 0 writes the model directory."""

@@ -2,8 +2,9 @@
 
 * `Preemption`: SIGTERM (the notice preemptible VMs and TPU hosts get) makes
   the run back up at the end of the step in progress and stop; under
-  multi-worker runs the workers first agree on that step through
-  TensorFlow's coordination service, so that they stop together.
+  multi-worker runs the workers first agree on that step, so that they stop
+  together: through TensorFlow's coordination service (tf.distribute), or
+  JAX's preemption sync manager (several JAX processes).
 * `explain`: one line for the errors a user can act on (bad input under
   `--strict_data`, a split with no usable record, a worker that stopped
   answering), naming the flag or file and what to do.
@@ -29,13 +30,20 @@ class Preemption(keras.callbacks.Callback):
             which every worker stops); None for one process.
         margin: steps between the notice and the stop, for the other workers
             to hear of it (each step waits for every worker anyway).
+        sync_point: under several JAX processes,
+            `jax.experimental.multihost_utils.reached_preemption_sync_point`:
+            JAX's own SIGTERM handler passes the notice to every process and
+            they agree on a call count (one past the largest any had reached);
+            this callback asks it after every batch and installs no handler.
     """
 
-    def __init__(self, backup, coordination=None, margin=2):
+    def __init__(self, backup, coordination=None, margin=2, sync_point=None):
         super().__init__()
         self.backup = backup
         self.coordination = coordination
+        self.sync_point = sync_point
         self.margin = margin if coordination is not None else 0
+        self._calls = 0  # batches ended in this process (the sync point counts them)
         self.stop_at = None        # the agreed step
         self.stopped_at = None     # the step backed up when stopping
         self._epoch = 0
@@ -45,6 +53,8 @@ class Preemption(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_train_begin(self, logs=None):
+        if self.sync_point is not None:
+            return  # (JAX's handler hears SIGTERM; a Python one would replace it)
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         if self.coordination is not None and self.stop_at is None:
@@ -71,7 +81,12 @@ class Preemption(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.stop_at is None or self._steps() < self.stop_at:
+        if self.sync_point is not None:
+            # Every process calls it after every batch, from the same start.
+            self._calls += 1
+            if not self.sync_point(self._calls):
+                return
+        elif self.stop_at is None or self._steps() < self.stop_at:
             return
         self.backup.save(self._epoch, self.backup.first_batch + batch + 1)
         self.backup.final = True  # (Keras still ends the epoch: not a whole one)

@@ -166,27 +166,32 @@ def dataset_fn(data, global_batch_size, training, bad_records=None, split=None,
 
 class SyntheticBatches(keras.utils.PyDataset):
     """The synthetic stream without TensorFlow, for the JAX engine: this
-    process's rows of each global batch, as numpy arrays, `steps` a pass.
+    process's rows of global batches `skip_steps .. skip_steps + steps - 1`,
+    as numpy arrays.
 
     Example `i` is drawn from a generator seeded with `(seed, i % 4096)`
     and labelled `i % num_classes`; process `p` of `n` takes rows
     `p*b/n .. (p+1)*b/n` of each global batch of `b`, so any number of
-    processes and devices sees the same global batches. With `advance`
-    (training), each pass goes on where the last one stopped; otherwise
-    every pass (an evaluation) reads the same batches. `skip_steps`: global
-    batches already trained (a resumed run).
+    processes and devices sees the same global batches.
+
+    Item `k` is always the same batch: nothing depends on what was read
+    before. (Keras reads a first batch to build the model and then starts
+    the pass again, so a stream that advanced with its reads would skip a
+    batch at every `fit`.) Training therefore reads one pass over all the
+    run's remaining steps, with `fit`'s `steps_per_epoch` cutting it into
+    epochs, as it does a repeated tf.data stream; evaluations read their
+    `steps` batches from the start every time.
     """
 
-    def __init__(self, data, global_batch_size, steps, advance=True, process_id=0,
-                 num_processes=1, skip_steps=0):
+    def __init__(self, data, global_batch_size, steps, process_id=0, num_processes=1,
+                 skip_steps=0):
         super().__init__()
         if global_batch_size % num_processes:
             raise ValueError(f"--batch_size={global_batch_size} does not divide among "
                              f"{num_processes} processes")
         self.per_process = global_batch_size // num_processes
         self.first = process_id * self.per_process
-        self.global_batch, self.steps, self.advance = global_batch_size, steps, advance
-        self.offset, self._read = skip_steps, 0
+        self.global_batch, self.steps, self.offset = global_batch_size, steps, skip_steps
         self.shape = (data.image_size, data.image_size, data.channels)
         self.seed = data.seed or 0
         self.one_hot = np.eye(data.num_classes, dtype="float32")
@@ -195,13 +200,10 @@ class SyntheticBatches(keras.utils.PyDataset):
         return self.steps
 
     def __getitem__(self, index):
-        self._read = max(self._read, index + 1)
+        if not 0 <= index < self.steps:
+            raise IndexError(f"batch {index} of a stream of {self.steps}")
         start = (self.offset + index) * self.global_batch + self.first
         rows = np.arange(start, start + self.per_process)
         images = np.stack([np.random.default_rng([self.seed, i % 4096]).integers(
             0, 256, self.shape, dtype=np.uint8) for i in rows])
         return images, self.one_hot[rows % len(self.one_hot)]
-
-    def on_epoch_end(self):
-        if self.advance:  # (a resumed epoch's pass reads fewer than `steps`)
-            self.offset, self._read = self.offset + self._read, 0
