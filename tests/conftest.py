@@ -1,8 +1,18 @@
-"""Test set-up: quiet TensorFlow, two logical CPU devices, shared fixtures."""
+"""Test set-up: quiet TensorFlow, two logical CPU devices, a JAX compilation
+cache shared by the run's processes, shared fixtures."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Many JAX runs of the suite (trainer subprocesses, a run and its resume, a
+# study's seeds) compile the same programs: JAX's persistent cache keeps each
+# once (keyed by the program, JAX's version and its flags), in build/ (not
+# committed), for every process of the run and the runs after it. The
+# variables reach every subprocess through the environment.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TF_LARS_WITH_BAZEL=1 bash tools/setup_env.sh
-bash tools/setup_jax_only.sh
+# The two other environments are independent: made side by side.
+bash tools/setup_jax_only.sh & jax_only=$!
 [ "${TF_LARS_SKIP_OLDEST:-0}" = 1 ] || bash tools/setup_oldest.sh
+wait "$jax_only"
 
 .venv/bin/python -m pytest -q --durations=15 -n "${TF_LARS_TEST_JOBS:-$(nproc)}" --dist=worksteal "$@"
 
