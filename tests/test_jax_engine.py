@@ -147,6 +147,32 @@ def test_two_processes_stop_together_on_sigterm_and_resume_to_one_process_weight
 
 
 @pytest.mark.heavy
+def test_a_killed_process_ends_the_other_within_seconds_with_one_line(tmp_path):
+    run = tmp_path / "run"
+    processes = start_processes([*TINY, "--epochs=3", "--train_examples=320",
+                                 "--eval_every_epochs=0", "--backup_every_steps=2"],
+                                run, tmp_path)
+    try:
+        wait_for_backup(run, processes, step=4)
+        processes[1].send_signal(signal.SIGKILL)
+        killed = time.time()
+        _, err = processes[0].communicate(timeout=120)
+        seconds = time.time() - killed
+    finally:
+        for p in processes:
+            p.kill()
+    assert processes[0].returncode == 1, err[-3000:]
+    saved = json.loads((run / "backup" / "training_metadata.json").read_text())
+    assert err.strip().splitlines()[-1] == (
+        "tf-lars-train: error: another process stopped answering (JaxRuntimeError); the "
+        f"last backup is at step {saved['step']} (epoch 1, batch {saved['batch']}) in "
+        f"{run / 'backup'}: start all processes again with the same command to resume")
+    assert "Traceback" not in err
+    # Not jax.distributed's wait for the lost heartbeat (about 100 s) and abort.
+    assert seconds < 30, seconds  # measured: under 1 s on 2 cores
+
+
+@pytest.mark.heavy
 def test_a_killed_jax_run_resumes_with_the_same_step_count(tmp_path):
     out = tmp_path / "run"
     args = [*TINY, f"--model_dir={out}", "--epochs=6", "--train_examples=320",

@@ -247,26 +247,40 @@ def fit(model, train_data, d, callbacks, eval_ds, backup, stopper):
 
 def explain(error, data, strategy, bad, backup_dir):
     """The one line for an error the user can act on, or None."""
-    from tf_lars.data import pipeline
-    from tf_lars.training import checkpoints, faults, strategy as strategies
+    from tf_lars.training import checkpoints, engine, faults
 
-    offset = data.label_offset
-    if offset is None:
-        from tf_lars.data import schema
+    line = None
+    if data.data_format != "synthetic" or engine.backend() != "jax":
+        from tf_lars.data import pipeline
 
-        offset = schema.get(data.schema).label_offset
-    line = pipeline.explain(error, data.data_dir, data.num_classes, offset, bad)
-    if line or not strategies.is_multi_worker(strategy):
+        offset = data.label_offset
+        if offset is None:
+            from tf_lars.data import schema
+
+            offset = schema.get(data.schema).label_offset
+        line = pipeline.explain(error, data.data_dir, data.num_classes, offset, bad)
+    if line:
         return line
-    lost = faults.worker_failure(error, strategies.task_name(strategy))
+    if engine.backend() == "jax":
+        if strategy.num_processes == 1:
+            return None
+        peer, peers = "process", "processes"
+        lost = faults.worker_failure(error, f"process {strategy.process_id}")
+    else:
+        from tf_lars.training import strategy as strategies
+
+        if not strategies.is_multi_worker(strategy):
+            return None
+        peer, peers = "worker", "workers"
+        lost = faults.worker_failure(error, strategies.task_name(strategy))
     if lost is None:
         return None
     saved = checkpoints.read_backup(backup_dir)
     where = (f"the last backup is at step {saved['step']} (epoch {saved['epoch'] + 1}"
              f"{', batch %d' % saved['batch'] if saved.get('batch') else ''})"
              if saved and "step" in saved else "no backup was made yet")
-    return (f"{lost or 'another worker'} stopped answering ({type(error).__name__}); "
-            f"{where} in {backup_dir}: start all workers again with the same command "
+    return (f"{lost or 'another ' + peer} stopped answering ({type(error).__name__}); "
+            f"{where} in {backup_dir}: start all {peers} again with the same command "
             "to resume")
 
 
@@ -288,12 +302,15 @@ def main(argv):
 
         coordination = strategies.coordination(strategy)
     preemption = faults.Preemption(backup, coordination, sync_point=sync_point)
-    # Input and worker faults surface as TensorFlow's errors (tf.data, collectives).
+    # Input and worker faults surface as TensorFlow's errors (tf.data,
+    # collectives), and under JAX a lost process as JAX's runtime error.
     op_errors = ()
     if engine.has_tensorflow():
         import tensorflow as tf
 
         op_errors = (tf.errors.OpError,)
+    if engine.backend() == "jax":
+        op_errors += (engine.jax_runtime_error(),)
     skipped = next((c for c in callbacks if c.__class__.__name__ == "SkippedRecords"), None)
     # PreciseBN recomputes BatchNorm statistics when an evaluation begins.
     at_eval = [precise] if precise else []
@@ -326,6 +343,13 @@ def main(argv):
         line = explain(e, data, strategy, bad, backup.backup_dir)
         if line is None:
             raise
+        if engine.backend() == "jax" and strategy.num_processes > 1:
+            # At exit jax.distributed would wait for the lost process until
+            # its heartbeat times out (about 100 s), then abort with a stack
+            # dump: leave now, the backups being written already.
+            print(f"tf-lars-train: error: {line}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)
         sys.exit(f"tf-lars-train: error: {line}")
 
 

@@ -40,6 +40,16 @@ def has_tensorflow():
         return False
 
 
+def jax_runtime_error():
+    """The exception JAX raises when a computation fails (a collective whose
+    peer is gone, among others)."""
+    try:
+        from jax.errors import JaxRuntimeError
+    except ImportError:  # JAX before 0.4.36
+        from jaxlib.xla_extension import XlaRuntimeError as JaxRuntimeError
+    return JaxRuntimeError
+
+
 def _add_xla_flag(flag):
     flags = os.environ.get("XLA_FLAGS", "").split()
     if flag not in flags:
