@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jax_only
-from test_training import (TINY, env, free_port, kill_after_backup, last_line, read_tags,
+from test_training import (TINY, env, fashion_mnist_shards, free_port, kill_after_backup, last_line, read_tags,
                            stem_statistics, train, weights_of)
 
 if importlib.util.find_spec("jax") is None:
@@ -144,6 +144,32 @@ def test_two_processes_stop_together_on_sigterm_and_resume_to_one_process_weight
     # The same weights as one process with both devices, PreciseBN's
     # statistics (over both processes' images) included.
     assert_same_weights(tmp_path / "both" / "model.keras", run / "model.keras")
+
+
+@pytest.mark.heavy
+def test_the_default_flagfile_on_shards_with_two_processes_each_reading_its_own(tmp_path):
+    # 2 training and 2 validation shards: one of each for each process.
+    shards = fashion_mnist_shards(tmp_path / "shards", validation_shards=2)
+    processes = start_processes(
+        ["--flagfile=fashion_mnist", f"--data_dir={shards}", "--batch_size=128",
+         "--train_examples=512", "--eval_examples=512", "--eval_batch_size=256",
+         "--epochs=2", "--verbose=0"], tmp_path / "run", tmp_path)
+    outputs = finish(processes)
+    assert [p.returncode for p in processes] == [0, 0], [e[-3000:] for _, e in outputs]
+    # Each process batches 64 of the 128 (the global batch over both).
+    assert "2 replicas, global batch 128 (64 each)" in outputs[1][1]
+    assert "resnet8 on fashion_mnist: top-1" in outputs[0][0]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["skipped_records"]["bad_images"] == 0
+    assert np.isfinite(summary["loss"]) and 0 <= summary["top1"] <= 1
+    # A process with no shard of its own is refused with one line.
+    (shards / "validation-00001-of-00002").unlink()
+    (shards / "validation-00000-of-00002").rename(shards / "validation-00000-of-00001")
+    refused = finish(start_processes(["--flagfile=fashion_mnist", f"--data_dir={shards}",
+                                      "--epochs=1", "--verbose=0"], tmp_path / "two", tmp_path))
+    line = refused[0][1].strip().splitlines()[-1]
+    assert line == (f"tf-lars-train: error: 1 validation shards in {shards} for 2 workers: each "
+                    "worker needs at least one; write more shards (the builders' --num_shards)")
 
 
 @pytest.mark.heavy

@@ -176,18 +176,24 @@ def read_tags(folder):
     return tags
 
 
-@pytest.mark.heavy
-def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
-    shards, out = tmp_path / "shards", tmp_path / "run"
+def fashion_mnist_shards(shards, validation_shards=1):
+    """512 Fashion-MNIST images in 2 training shards (and theirs for validation)."""
     build = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "build_fashion_mnist_tfrecords.py"),
-         f"--output_dir={shards}", "--limit=512", "--train_shards=2", "--validation_shards=1"]
+         f"--output_dir={shards}", "--limit=512", "--train_shards=2",
+         f"--validation_shards={validation_shards}"]
         + ([f"--idx_dir={os.environ['TF_LARS_FASHION_MNIST']}"]
            if os.environ.get("TF_LARS_FASHION_MNIST") else []),
         env=env(), capture_output=True, text=True, timeout=120)
     if build.returncode and "not found" in build.stderr:
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     assert build.returncode == 0, build.stderr[-2000:]
+    return shards
+
+
+@pytest.mark.heavy
+def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
+    shards, out = fashion_mnist_shards(tmp_path / "shards"), tmp_path / "run"
     result = train("--flagfile=fashion_mnist", f"--data_dir={shards}", f"--model_dir={out}",
                    "--model=resnet8", "--batch_size=128", "--train_examples=512",
                    "--eval_examples=512", "--epochs=2", "--log_every_steps=1",
