@@ -50,6 +50,49 @@ def assert_same_weights(a, b, atol=1e-5):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=atol)
 
 
+def test_synthetic_batches_reach_fit_once_each_in_order_and_resume_where_they_stopped():
+    # Backend-neutral (numpy and a PyDataset): runs under the suite's backend.
+    import keras
+
+    from tf_lars.training import inputs
+
+    data = inputs.spec("synthetic", image_size=4, num_classes=3, seed=5)
+    whole = inputs.SyntheticBatches(data, 6, 4)
+    halves = [inputs.SyntheticBatches(data, 6, 4, process_id=p, num_processes=2) for p in (0, 1)]
+    for k in range(4):  # two processes' rows make up the global batch
+        for i in (0, 1):
+            np.testing.assert_array_equal(np.concatenate([h[k][i] for h in halves]), whole[k][i])
+    np.testing.assert_array_equal(inputs.SyntheticBatches(data, 6, 2, skip_steps=2)[0][0],
+                                  whole[2][0])
+
+    def fresh():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
+                                  keras.layers.Dense(3)])
+        model.compile(keras.optimizers.SGD(0.1), "categorical_crossentropy")
+        return model
+
+    # The reference: the four batches in order, once each, from numpy.
+    reference = fresh()
+    reference.fit(np.concatenate([whole[k][0] for k in range(4)]).astype("float32"),
+                  np.concatenate([whole[k][1] for k in range(4)]), batch_size=6,
+                  shuffle=False, verbose=0)
+    # Two epochs of two steps (Keras's first read, to build, must not use one
+    # up); in the stream's order, as the trainer asks (shuffle=False).
+    epochs = fresh()
+    epochs.fit(inputs.SyntheticBatches(data, 6, 4), epochs=2, steps_per_epoch=2, shuffle=False,
+               verbose=0)
+    # One step, then a resumed stream for the rest.
+    resumed = fresh()
+    resumed.fit(inputs.SyntheticBatches(data, 6, 4), epochs=1, steps_per_epoch=1, shuffle=False,
+                verbose=0)
+    resumed.fit(inputs.SyntheticBatches(data, 6, 3, skip_steps=1), epochs=1, steps_per_epoch=3,
+                shuffle=False, verbose=0)
+    for model in (epochs, resumed):
+        for a, b in zip(model.get_weights(), reference.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.heavy
 def test_two_devices_train_like_one_and_the_chief_logs_what_tensorflow_logs(tmp_path):
     common = [*TINY, "--epochs=2", "--log_trust_ratios", "--precise_bn_images=32"]

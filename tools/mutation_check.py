@@ -33,6 +33,8 @@ FAST = ["tests/test_optimizer.py", "tests/test_schedules.py", "tests/test_arrays
         "tests/test_keras_conformance.py"]
 DATA = ["tests/test_augmentation.py", "tests/test_data.py", "tests/test_faults.py::"
         "test_jpegs_that_tensorflow_decodes_are_never_dropped"]
+STREAM = ["tests/test_jax_engine.py::"
+          "test_synthetic_batches_reach_fit_once_each_in_order_and_resume_where_they_stopped"]
 
 # (what, file, the code as it is, the bug, the suites that should catch it)
 MUTATIONS = [
@@ -74,6 +76,12 @@ MUTATIONS = [
     ("In-memory batches: one order for every epoch", "tf_lars/data/arrays.py",
      "            self._order = self._rng.permutation(len(self.images))", "            pass",
      FAST),
+    ("Synthetic stream (JAX engine): it advances with its reads, so Keras's build read "
+     "uses up a batch", "tf_lars/training/inputs.py",
+     "        start = (self.offset + index) * self.global_batch + self.first\n",
+     "        self._reads = getattr(self, '_reads', 0) + 1\n"
+     "        start = (self.offset + self._reads - 1) * self.global_batch + self.first\n",
+     STREAM),
     ("Augmentation: no flip", "tf_lars/data/preprocessing.py",
      "    return tf.image.stateless_random_flip_left_right(image, seed=seed + 1)",
      "    return image", DATA),
