@@ -12,14 +12,14 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import jax_only
-from test_training import (TINY, env, fashion_mnist_shards, free_port, kill_after_backup, last_line, read_tags,
-                           stem_statistics, train, weights_of)
+from test_training import (TINY, env, fashion_mnist_shards, finish, free_port,
+                           kill_after_backup, kill_the_second, last_line, read_tags,
+                           stem_statistics, train, wait_for_step, weights_of)
 
 if importlib.util.find_spec("jax") is None:
     pytest.fail('JAX is not installed: pip install "jax[cpu]" (or bash tools/setup_env.sh)',
@@ -30,17 +30,6 @@ JAX = dict(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
 
 def jax_train(*args, timeout=400):
     return train(*args, timeout=timeout, **JAX)
-
-
-def wait_for_backup(run, processes, step, timeout=300):
-    metadata = run / "backup" / "training_metadata.json"
-    deadline = time.time() + timeout
-    while time.time() < deadline and all(p.poll() is None for p in processes):
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("step", 0) >= step:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the processes ended or stalled before the backup: " +
-                         processes[0].communicate(timeout=60)[1][-2000:])
 
 
 def assert_same_weights(a, b, atol=1e-5):
@@ -146,14 +135,6 @@ def start_processes(args, model_dir, scratch_root):
         for i in range(2)]
 
 
-def finish(processes, timeout=400):
-    try:
-        return [p.communicate(timeout=timeout) for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-
-
 @pytest.mark.heavy
 def test_two_processes_stop_together_on_sigterm_and_resume_to_one_process_weights(tmp_path):
     # 20 steps an epoch; a backup every 2 steps shows where the run is.
@@ -164,7 +145,7 @@ def test_two_processes_stop_together_on_sigterm_and_resume_to_one_process_weight
     run = tmp_path / "hosts"
     processes = start_processes(common, run, tmp_path)
     try:
-        wait_for_backup(run, processes, step=4)
+        wait_for_step(run, processes, step=4)
         processes[1].send_signal(signal.SIGTERM)  # process 0 is told nothing
         outputs = finish(processes)
     finally:
@@ -221,15 +202,7 @@ def test_a_killed_process_ends_the_other_within_seconds_with_one_line(tmp_path):
     processes = start_processes([*TINY, "--epochs=3", "--train_examples=320",
                                  "--eval_every_epochs=0", "--backup_every_steps=2"],
                                 run, tmp_path)
-    try:
-        wait_for_backup(run, processes, step=4)
-        processes[1].send_signal(signal.SIGKILL)
-        killed = time.time()
-        _, err = processes[0].communicate(timeout=120)
-        seconds = time.time() - killed
-    finally:
-        for p in processes:
-            p.kill()
+    err, seconds = kill_the_second(run, processes)
     assert processes[0].returncode == 1, err[-3000:]
     saved = json.loads((run / "backup" / "training_metadata.json").read_text())
     assert err.strip().splitlines()[-1] == (

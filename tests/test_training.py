@@ -354,6 +354,41 @@ def free_port():
         return s.getsockname()[1]
 
 
+def finish(processes, timeout=400):
+    """The (stdout, stderr) of each process once it ended; none is left running."""
+    try:
+        return [p.communicate(timeout=timeout) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+
+
+def wait_for_step(run, processes, step, timeout=300):
+    """Returns once the backup in `run` reached `step`, all `processes` running."""
+    metadata = run / "backup" / "training_metadata.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline and all(p.poll() is None for p in processes):
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("step", 0) >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the processes ended or stalled before the backup: " +
+                         processes[0].communicate(timeout=60)[1][-2000:])
+
+
+def kill_the_second(run, processes, step=4):
+    """SIGKILLs processes[1] once the backup reached `step`; the stderr of
+    processes[0] and the seconds it took to end after the kill."""
+    try:
+        wait_for_step(run, processes, step)
+        processes[1].send_signal(signal.SIGKILL)
+        killed = time.time()
+        _, err = processes[0].communicate(timeout=120)
+        return err, time.time() - killed
+    finally:
+        for p in processes:
+            p.kill()
+
+
 def start_workers(args, model_dir, scratch_root):
     """Two trainer processes, workers 0 and 1 of a cluster on 127.0.0.1."""
     ports = [free_port(), free_port()]

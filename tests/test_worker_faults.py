@@ -2,7 +2,6 @@
 
 import json
 import signal
-import time
 
 import pytest
 
@@ -11,7 +10,7 @@ import keras
 if keras.backend.backend() != "tensorflow":
     pytest.skip("MultiWorkerMirroredStrategy needs TensorFlow", allow_module_level=True)
 
-from test_training import TINY, weights_of  # noqa: E402
+from test_training import TINY, finish, kill_the_second, wait_for_step, weights_of  # noqa: E402
 from test_training import start_workers as two_workers  # noqa: E402
 
 # 20 steps an epoch, 3 epochs; a backup every 2 steps shows where the run is.
@@ -23,37 +22,10 @@ def start_workers(tmp_path, args=ARGS):
     return two_workers(args, tmp_path / "run", tmp_path)
 
 
-def wait_for_backup(tmp_path, workers, step):
-    metadata = tmp_path / "run" / "backup" / "training_metadata.json"
-    deadline = time.time() + 240
-    while time.time() < deadline and all(w.poll() is None for w in workers):
-        if metadata.exists() and json.loads(metadata.read_text())["step"] >= step:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the workers ended or stalled before the backup: " +
-                         workers[0].communicate(timeout=60)[1][-2000:])
-
-
-def finish(workers, timeout=240):
-    try:
-        return [w.communicate(timeout=timeout) for w in workers]
-    finally:
-        for w in workers:
-            w.kill()
-
-
 @pytest.mark.heavy
 def test_a_killed_worker_ends_its_peer_within_seconds_with_one_line(tmp_path):
     workers = start_workers(tmp_path)
-    try:
-        wait_for_backup(tmp_path, workers, 4)
-        workers[1].send_signal(signal.SIGKILL)
-        killed = time.time()
-        _, err = workers[0].communicate(timeout=120)
-        seconds = time.time() - killed
-    finally:
-        for w in workers:
-            w.kill()
+    err, seconds = kill_the_second(tmp_path / "run", workers)
     assert workers[0].returncode == 1
     line = err.strip().splitlines()[-1]
     saved = json.loads((tmp_path / "run" / "backup" / "training_metadata.json").read_text())
@@ -69,7 +41,7 @@ def test_a_killed_worker_ends_its_peer_within_seconds_with_one_line(tmp_path):
 def test_sigterm_on_one_worker_stops_both_at_one_step_and_both_resume_there(tmp_path):
     workers = start_workers(tmp_path)
     try:
-        wait_for_backup(tmp_path, workers, 4)
+        wait_for_step(tmp_path / "run", workers, 4)
         workers[1].send_signal(signal.SIGTERM)  # the other worker is told nothing
         outputs = finish(workers)
     finally:
