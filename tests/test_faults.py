@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 
 from tf_lars.data import pipeline  # noqa: E402
 from test_data import COMMON, example, jpeg, read_all, write_damaged, write_shards  # noqa: E402
-from test_training import TINY, env, last_line, train, weights_of  # noqa: E402
+from test_training import TINY, env, last_line, train, wait_for_step, weights_of  # noqa: E402
 
 IMAGES = ["--data_format=imagenet", "--model=resnet8", "--image_size=32", "--num_classes=10",
           "--batch_size=8", "--learning_rate=0.1", "--epochs=1", "--eval_every_epochs=0",
@@ -210,14 +210,8 @@ def _train_until_sigterm(args, backup, at_step):
     """Starts the trainer and sends SIGTERM once its backup reached `at_step`."""
     process = subprocess.Popen([sys.executable, "-m", "tf_lars.train", *args], env=env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metadata = backup / "training_metadata.json"
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and process.poll() is None:
-            if metadata.exists() and json.loads(metadata.read_text() or "{}")["step"] >= at_step:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, "the run ended before SIGTERM"
+        wait_for_step(backup.parent, [process], at_step, timeout=240)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=120)
     finally:

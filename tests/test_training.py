@@ -292,15 +292,8 @@ def kill_after_backup(args, out, epoch=2, timeout=300, **extra_env):
     process = subprocess.Popen([sys.executable, "-m", "tf_lars.train", *args],
                                env=env(**extra_env), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    metadata = out / "backup" / "training_metadata.json"
     try:
-        deadline = time.time() + timeout
-        while time.time() < deadline and process.poll() is None:
-            if (metadata.exists()
-                    and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= epoch):
-                break
-            time.sleep(0.2)
-        assert process.poll() is None, "the run ended before it could be killed"
+        wait_for_step(out, [process], epoch, timeout, key="epoch")
         process.send_signal(signal.SIGKILL)
         process.wait(30)
     finally:
@@ -363,16 +356,17 @@ def finish(processes, timeout=400):
             p.kill()
 
 
-def wait_for_step(run, processes, step, timeout=300):
-    """Returns once the backup in `run` reached `step`, all `processes` running."""
+def wait_for_step(run, processes, step, timeout=300, key="step"):
+    """Returns once the backup in `run` reached `step` (or the epoch, with
+    key="epoch"), all `processes` running."""
     metadata = run / "backup" / "training_metadata.json"
     deadline = time.time() + timeout
     while time.time() < deadline and all(p.poll() is None for p in processes):
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("step", 0) >= step:
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get(key, 0) >= step:
             return
         time.sleep(0.05)
     raise AssertionError("the processes ended or stalled before the backup: " +
-                         processes[0].communicate(timeout=60)[1][-2000:])
+                         (processes[0].communicate(timeout=60)[1] or "")[-2000:])
 
 
 def kill_the_second(run, processes, step=4):
