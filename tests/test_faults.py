@@ -221,14 +221,16 @@ def _train_until_sigterm(args, backup, at_step):
 
 @pytest.mark.heavy
 def test_sigterm_twice_ends_like_an_uninterrupted_run(tmp_path):
-    # 4 epochs of 6 steps; backups every 2 steps show where the run is.
-    args = [*TINY, "--train_examples=96", "--epochs=4", "--eval_every_epochs=0",
+    # 3 epochs of 30 steps; backups every 2 steps show where the run is. Epochs
+    # this long leave room for the steps a fast run takes between the backup
+    # the test sees and the signal's arrival, so the stops land inside epochs.
+    args = [*TINY, "--train_examples=480", "--epochs=3", "--eval_every_epochs=0",
             "--deterministic", "--backup_every_steps=2"]
     whole = train(*args, f"--model_dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
     run = tmp_path / "run"
     stops = []
-    for at_step in (3, 15):  # inside epoch 1, then inside epoch 3
+    for at_step in (3, 45):  # early in epoch 1, then in the middle of epoch 2
         code, out, err = _train_until_sigterm([*args, f"--model_dir={run}"], run / "backup",
                                               at_step)
         assert code == 75, err[-3000:]
@@ -245,7 +247,7 @@ def test_sigterm_twice_ends_like_an_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == json.loads((tmp_path / "whole" / "summary.json").read_text())[
-        "steps"] == 24, (stops, resumed.stdout, resumed.stderr[-2000:])
+        "steps"] == 90, (stops, resumed.stdout, resumed.stderr[-2000:])
     for a, b in zip(weights_of(run / "model.keras"), weights_of(tmp_path / "whole" /
                                                                 "model.keras")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
