@@ -84,7 +84,8 @@ def test_table_reports_the_chosen_trials_test_accuracy_over_seeds():
     results = {a: dict(top1=0.9, test_top1=0.88, steps=36),
                a2: dict(top1=0.5, test_top1=0.86, steps=36),
                worse: dict(top1=0.7, test_top1=0.95, steps=36),
-               base: dict(top1=0.92, test_top1=0.91, steps=900)}
+               base: dict(top1=0.92, test_top1=0.91, steps=900),
+               study.Run("sgd", 8192, 3.2, None, 1, "0.1"): None}  # diverged
     text = study_report.table(results, study.choose(results), 256, [8192])
     lines = text.splitlines()
     lars = next(line for line in lines if "LARS" in line)
@@ -92,6 +93,82 @@ def test_table_reports_the_chosen_trials_test_accuracy_over_seeds():
     assert f"87.00 ± {100 * math.sqrt(2e-4):.2f} (2 seeds)" in lars   # mean, sample std
     assert "every trial diverged" in next(line for line in lines if "linear scaling" in line)
     assert "| 91.00 |" in next(line for line in lines if "baseline" in line)
+
+
+def test_differences_are_judged_against_the_seeds_spread():
+    far = study_report.verdict([0.90, 0.92], [0.85, 0.86])
+    near = study_report.verdict([0.90, 0.92], [0.91, 0.95])
+    assert far.startswith("exceeds the spread") and near.startswith("within the spread")
+    assert study_report.verdict([0.85, 0.86], [0.90, 0.92]) == far  # either side higher
+    assert study_report.verdict([0.90], [0.10, 0.11]).startswith("one seed")
+    scores = {("lars", 4096): [0.90, 0.92], ("sgd", 4096): [0.85, 0.86],
+              ("nesterov", 4096): [0.91, 0.95], ("sgd", 1024): [0.9]}
+    rows = study_report.differences(scores, [1024, 4096], ["sgd", "nesterov", "lars"])
+    # 91.0 - 85.5 = +5.50; 91.0 - 93.0 = -2.00; 93.0 - 85.5 = +7.50 (by hand).
+    assert rows == [f"| 4096 | lars - nesterov: -2.00 | {near} |",
+                    f"| 4096 | lars - sgd: +5.50 | {far} |",
+                    f"| 4096 | nesterov - sgd: +7.50 | {far} |"]
+
+
+def test_a_study_under_way_says_what_is_missing():
+    base = study.Run("baseline", 256, 0.1, None, 1, "0.1")
+    sgd = study.Run("sgd", 1024, 0.4, None, 1, "0.1")
+    results = {base: dict(top1=0.92, test_top1=0.91, steps=900),
+               sgd: dict(top1=0.90, test_top1=0.905, steps=240)}
+    planned = {("baseline", 256): 3, ("sgd", 1024): 3, ("lars", 1024): 3, ("sgd", 4096): 3,
+               ("lars", 4096): 3}
+    text = study_report.table(results, study.choose(results), 256, [1024, 4096],
+                              planned=planned)
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()
+            if line.startswith("| 1024 |") or line.startswith("| 4096 |")}
+    assert "lr 0.1 @256 (best of 1 of 3 trials so far)" in rows[
+        ("1024", "26K", study_report.LABELS["sgd"])]
+    assert "| not run yet |" in rows[("4096", "102K", study_report.LABELS["lars"])]
+    # 91.0 - 90.5 = 0.5 points: within 1 at 1024, and 4096 is still to come.
+    assert f"| {study_report.LABELS['sgd']} | 1024 (not yet run at 4096) |" in text
+    assert f"| {study_report.LABELS['lars']} | not run yet |" in text
+
+
+def test_report_only_writes_the_outputs_from_the_records_alone(tmp_path):
+    pytest.importorskip("matplotlib")
+    args = ["--baseline_batch=20", "--batch_sizes=100,200", "--sgd_rates=0.1,0.2",
+            "--lars_trials=1:0.01,2:0.01", "--seeds=2", "--epochs=3", "--warmup_epochs=1"]
+    plan = study.first_plan(20, [100, 200], ["0.1", "0.2"], ["1:0.01", "2:0.01"])
+    runs = tmp_path / "runs"
+    # Records of 4 of the 10 first-seed runs, one of them diverged; as the
+    # trainer writes them (summary, flags, history).
+    for i, run in enumerate(plan[:4]):
+        folder = runs / run.name
+        folder.mkdir(parents=True)
+        if i == 3:
+            (folder / "diverged.txt").write_text("loss is NaN at step 2\n")
+            continue
+        (folder / "summary.json").write_text(json.dumps(dict(
+            top1=0.5 + i / 10, test_top1=0.4 + i / 10, test_loss=1.0, steps=30,
+            wall_seconds=9.0, images_per_second=100.0)))
+        (folder / "flags.json").write_text(json.dumps(dict(flags=dict(
+            train_examples=1000, eval_examples=300, test_examples=200))))
+        (folder / "history.csv").write_text("epoch,loss,val_accuracy\n0,2.0,0.3\n1,1.5,0.5\n")
+    docs = tmp_path / "docs"
+    result = run_study(f"--runs_dir={runs}", f"--output_dir={docs}", "--report_only", *args,
+                       timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(docs / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["diverged"] for r in rows) == ["False", "False", "False", "True"]
+    text = (docs / "results.md").read_text()
+    # 10 first-seed runs, then (the reduced form) seed 2 of both methods' chosen
+    # trials at the largest batch.
+    assert "**Under way: 4 of its 12 runs recorded**" in text
+    assert "1,000 training images" in text and "300 held-out" in text
+    assert "| not run yet |" in text and (docs / "accuracy_vs_batch.png").exists()
+    assert not any(runs.glob("*/train.log"))  # nothing ran
+    empty = run_study(f"--runs_dir={tmp_path / 'none'}", f"--output_dir={docs}",
+                      "--report_only", *args, timeout=120)
+    assert empty.returncode != 0
+    assert empty.stderr.strip().splitlines()[-1] == (
+        f"large_batch_study: error: --report_only: no run of this study is recorded in "
+        f"{tmp_path / 'none'}: run the study first, or give its --runs_dir")
 
 
 def test_a_bad_trainer_flag_fails_before_any_run(tmp_path):
@@ -148,7 +225,12 @@ def check_study(docs, runs):
     results = (docs / "results.md").read_text()
     assert "200 training images" in results and "60 held-out" in results
     assert "40 test images" in results
-    assert sum(line.startswith("| 100 |") for line in results.splitlines()) == 2
+    lines = [line for line in results.splitlines() if line.startswith("| 100 |")]
+    assert sum(any(label in line for label in study_report.LABELS.values())
+               for line in lines) == 2
+    # Both methods have 2 seeds at 100: their difference is judged.
+    (compared,) = [line for line in lines if "lars - sgd" in line]
+    assert "the seeds' ranges" in compared
     assert "BatchNorm statistics recomputed from 200 training images" in results
     for name in ("accuracy_vs_batch.png", "curves_b100.png"):
         png = (docs / name).read_bytes()

@@ -42,7 +42,9 @@ epoch at batch 4096 the moving averages trail the weights too far to judge
 either method by them.
 
 Writes to --output_dir: `runs.csv` (every run), `results.md` (the table),
-`accuracy_vs_batch.png` and `curves_b<largest>.png`. Runs go to --runs_dir,
+`accuracy_vs_batch.png` and `curves_b<largest>.png`; with --report_only it
+writes them from the runs recorded so far and runs nothing (the table then
+says which points are still missing). Runs go to --runs_dir,
 one folder each; a run whose `summary.json` exists is not run again, so an
 interrupted study continues where it stopped. --jobs=N trains N runs at a
 time, each in its own process: meant for a GPU, which one small run leaves
@@ -132,6 +134,9 @@ def define_flags():
                         "the form's, else docs/study).")
     flags.DEFINE_list("trainer_flags", [], "More flags for every run (e.g. --cpu_devices=2).")
     flags.DEFINE_boolean("dry_run", False, "Print the plan's commands and stop.")
+    flags.DEFINE_boolean("report_only", False, "Run nothing: write the CSV, table and plots "
+                         "from the runs recorded so far (a study under way, or recorded on "
+                         "another machine), saying what is still missing.")
     flags.DEFINE_integer("jobs", 1, "Runs at a time, each its own process (for "
                          "--engine=arrays a process of this tool); on a GPU, small runs "
                          "share it, JAX's memory split between them.", lower_bound=1)
@@ -337,6 +342,31 @@ def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra, in_memo
         return json.load(f)
 
 
+def recorded(runs, runs_dir):
+    """`{run: summary or None (diverged)}` for the `runs` recorded in `runs_dir`."""
+    out = {}
+    for run in runs:
+        run_dir = os.path.join(runs_dir, run.name)
+        if os.path.exists(os.path.join(run_dir, "diverged.txt")):
+            out[run] = None
+        elif os.path.exists(os.path.join(run_dir, "summary.json")):
+            with open(os.path.join(run_dir, "summary.json")) as f:
+                out[run] = json.load(f)
+    return out
+
+
+def recorded_counts(results, runs_dir):
+    """The data's sizes as a recorded run's flags.json gives them (None if none has one)."""
+    for run in results:
+        path = os.path.join(runs_dir, run.name, "flags.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                cfg = json.load(f)["flags"]
+            return dict(examples=dict(train=cfg["train_examples"], holdout=cfg["eval_examples"],
+                                      validation=cfg["test_examples"]))
+    return None
+
+
 def execute_all(runs, jobs, *args, **kwargs):
     """`{run: execute(run, ...)}`, with up to `jobs` runs at a time."""
     if jobs == 1:
@@ -495,6 +525,11 @@ def main(argv):
                  else f"batch {max(batch_sizes)}")
         print(f"# then seeds 2..{FLAGS.seeds} of each method's chosen trial at {where}")
         return
+    every = form["seeds_at_every_batch"]
+    if FLAGS.report_only:
+        report_so_far(plan, runs_dir, output_dir, batch_sizes, every, epochs, warmup, bn_note,
+                      methods)
+        return
     try:
         if FLAGS.engine == "arrays":
             in_memory = InMemory(FLAGS.idx_dir, FLAGS.holdout)
@@ -508,24 +543,54 @@ def main(argv):
             return
         results = execute_all(plan, FLAGS.jobs, *common)
         chosen = choose(results)
-        every = form["seeds_at_every_batch"]
         seeded = more_seeds(chosen, batch_sizes if every else [max(batch_sizes)], FLAGS.seeds,
                             baseline=every)
         results.update(execute_all(seeded, FLAGS.jobs, *common))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"large_batch_study: error: {e}")
+    print(report(results, chosen, runs_dir, output_dir, FLAGS.baseline_batch,
+                 batch_sizes, header(info, epochs, warmup, bn_note), methods,
+                 epochs=epochs))
+
+
+def header(info, epochs, warmup, bn_note, progress=""):
     counts = info["examples"]
     engine = ("`tf-lars-train` on TFRecord shards" if FLAGS.engine == "trainer" else
               f"in-memory arrays, Keras {keras_backend()} backend")
-    header = (f"Fashion-MNIST, ResNet-8 ({engine}), {epochs:g} epochs of the {counts['train']:,} "
-              f"training images; trials chosen on {counts['holdout']:,} held-out training "
-              f"images, reported on the {counts['validation']:,} test images. "
-              f"Large-batch warmup: {warmup:g} epochs. {bn_note} "
-              f"Command: "
-              f"`python tools/large_batch_study.py --form={FLAGS.form} "
-              f"--engine={FLAGS.engine}`.")
-    print(report(results, chosen, runs_dir, output_dir, FLAGS.baseline_batch,
-                 batch_sizes, header, methods))
+    return (f"Fashion-MNIST, ResNet-8 ({engine}), {epochs:g} epochs of the {counts['train']:,} "
+            f"training images; trials chosen on {counts['holdout']:,} held-out training "
+            f"images, reported on the {counts['validation']:,} test images. "
+            f"Large-batch warmup: {warmup:g} epochs. {bn_note} {progress}"
+            f"Command: "
+            f"`python tools/large_batch_study.py --form={FLAGS.form} "
+            f"--engine={FLAGS.engine}`.")
+
+
+def report_so_far(plan, runs_dir, output_dir, batch_sizes, every, epochs, warmup, bn_note,
+                  methods):
+    """--report_only: the outputs from the runs recorded in `runs_dir`."""
+    results = recorded(plan, runs_dir)
+    if not results:
+        sys.exit(f"large_batch_study: error: --report_only: no run of this study is recorded "
+                 f"in {runs_dir}: run the study first, or give its --runs_dir")
+    chosen = choose(results)
+    planned = {}
+    for run in plan:
+        planned[(run.method, run.batch_size)] = planned.get((run.method, run.batch_size), 0) + 1
+    seeded_points = len(planned) if every else sum(m != "baseline" for m, b in planned
+                                                   if b == max(batch_sizes))
+    total = len(plan) + seeded_points * (FLAGS.seeds - 1)
+    results.update(recorded(more_seeds(chosen, batch_sizes if every else [max(batch_sizes)],
+                                       FLAGS.seeds, baseline=every), runs_dir))
+    info = recorded_counts(results, runs_dir)
+    if info is None:  # (runs of --engine=arrays keep no flags.json)
+        info = (InMemory(FLAGS.idx_dir, FLAGS.holdout).info if FLAGS.engine == "arrays" else
+                shard_info(FLAGS.data_dir, FLAGS.holdout))
+    progress = ("" if len(results) == total else
+                f"**Under way: {len(results)} of its {total} runs recorded**; a chosen trial "
+                "may change while its point's trials are missing. ")
+    print(report(results, chosen, runs_dir, output_dir, FLAGS.baseline_batch, batch_sizes,
+                 header(info, epochs, warmup, bn_note, progress), methods, planned, epochs))
 
 
 if __name__ == "__main__":

@@ -91,36 +91,89 @@ def largest_within(scores, method, baseline_batch, batch_sizes, points=1.0):
     return max(within, default=None)
 
 
-def table(results, chosen, baseline_batch, batch_sizes, methods=("sgd", "lars")):
-    """The markdown table: the chosen trial of each method at each size."""
+def table(results, chosen, baseline_batch, batch_sizes, methods=("sgd", "lars"),
+          planned=None):
+    """The markdown table: the chosen trial of each method at each size.
+
+    `planned` maps (method, batch) to the number of trials the study plans
+    there; given, a point with fewer trials recorded says how many (a study
+    still under way), and one with none says it has not run yet.
+    """
     scores = chosen_scores(results, chosen)
+    tried = {}
+    for run in results:
+        if run.seed == 1:
+            tried[(run.method, run.batch_size)] = tried.get((run.method, run.batch_size), 0) + 1
     lines = ["| batch | ImageNet steps/epoch as at | method | chosen trial | peak rate "
              "| held-out top-1 % | test top-1 % | steps |",
              "|---|---|---|---|---|---|---|---|"]
     for batch, group in [(baseline_batch, ["baseline"])] + [(b, list(methods))
                                                             for b in batch_sizes]:
         for method in group:
-            pick = chosen.get((method, batch))
+            key = (method, batch)
+            pick = chosen.get(key)
             first = f"| {batch} | {imagenet_batch(batch)} | {LABELS[method]} |"
+            done, total = tried.get(key, 0), (planned or {}).get(key)
+            if not done:
+                lines.append(f"{first} not run yet | | | | |")
+                continue
+            so_far = f" (best of {done} of {total} trials so far)" if total and done < total \
+                else ""
             if pick is None:
-                lines.append(f"{first} every trial diverged | | | | |")
+                lines.append(f"{first} every trial diverged{so_far} | | | | |")
                 continue
             s = results[pick]
             trial = (f"lr {pick.trial.split(':')[0]} @1K, eta {pick.trust_coefficient:g}"
                      if method == "lars" else f"lr {pick.trial} @256")
-            lines.append(f"{first} {trial} | {pick.learning_rate:.4g} "
-                         f"| {100 * s['top1']:.2f} | {_mean(scores[(method, batch)])} "
+            lines.append(f"{first} {trial}{so_far} | {pick.learning_rate:.4g} "
+                         f"| {100 * s['top1']:.2f} | {_mean(scores[key])} "
                          f"| {s['steps']} |")
     lines += ["", "| method | largest batch within 1 point of the baseline (mean test top-1) |",
               "|---|---|"]
     for method in methods:
         b = largest_within(scores, method, baseline_batch, batch_sizes)
-        lines.append(f"| {LABELS[method]} | {b or 'none'} |")
+        missing = [str(n) for n in batch_sizes if (method, n) not in scores]
+        text = str(b or "none")
+        if len(missing) == len(batch_sizes):
+            text = "not run yet"
+        elif missing and planned:
+            text += f" (not yet run at {', '.join(missing)})"
+        lines.append(f"| {LABELS[method]} | {text} |")
+    compared = differences(scores, batch_sizes, methods)
+    if compared:
+        lines += ["", "| batch | difference in mean test top-1 (points) | against the seeds' "
+                  "spread |", "|---|---|---|", *compared]
     return "\n".join(lines)
 
 
+def verdict(a, b):
+    """Whether two sets of seeds' test top-1 differ beyond their spread: the
+    seeds' ranges must not overlap, and each side needs two seeds at least."""
+    if len(a) < 2 or len(b) < 2:
+        return "one seed on a side: not judged"
+    if min(a) > max(b) or min(b) > max(a):
+        return "exceeds the spread (the seeds' ranges do not overlap)"
+    return "within the spread (the seeds' ranges overlap)"
+
+
+def differences(scores, batch_sizes, methods):
+    """Table rows comparing each pair of methods at each batch size where both
+    have results: LARS first, then Nesterov, against the others."""
+    order = [m for m in ("lars", "nesterov", "sgd") if m in methods]
+    out = []
+    for batch in batch_sizes:
+        for i, a in enumerate(order):
+            for b in order[i + 1:]:
+                if (a, batch) not in scores or (b, batch) not in scores:
+                    continue
+                sa, sb = scores[(a, batch)], scores[(b, batch)]
+                diff = 100 * (statistics.mean(sa) - statistics.mean(sb))
+                out.append(f"| {batch} | {a} - {b}: {diff:+.2f} | {verdict(sa, sb)} |")
+    return out
+
+
 def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir,
-          methods=("sgd", "lars")):
+          methods=("sgd", "lars"), epochs=None):
     """accuracy_vs_batch.png and curves_b<B>.png for the smallest and largest
     batch size; returns their names."""
     import matplotlib
@@ -150,7 +203,8 @@ def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir,
                                 for b in batch_sizes])
     ax.set_xlabel("batch size")
     ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title("Fashion-MNIST, ResNet-8, same epoch budget")
+    budget = f"{epochs:g} epochs" if epochs else "same epoch budget"
+    ax.set_title(f"Fashion-MNIST, ResNet-8, {budget} at every batch size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -159,6 +213,8 @@ def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir,
     plt.close(fig)
 
     for batch in sorted({min(batch_sizes), max(batch_sizes)}):
+        if not any((m, batch) in chosen for m in methods):
+            continue  # (a study under way: nothing recorded there yet)
         names.append(_curves(results, chosen, runs_dir, baseline_batch, batch, output_dir,
                              methods, plt))
     return names
@@ -201,14 +257,15 @@ def _curves(results, chosen, runs_dir, baseline_batch, largest, output_dir, meth
 
 
 def report(results, chosen, runs_dir, output_dir, baseline_batch, batch_sizes, header,
-           methods=("sgd", "lars")):
+           methods=("sgd", "lars"), planned=None, epochs=None):
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
         out = csv.DictWriter(f, CSV_FIELDS)
         out.writeheader()
         out.writerows(rows(results, chosen))
-    text = table(results, chosen, baseline_batch, batch_sizes, methods)
-    names = plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir, methods)
+    text = table(results, chosen, baseline_batch, batch_sizes, methods, planned)
+    names = plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir, methods,
+                  epochs)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(header + "\n\n" + text + "\n\n" +
                 "\n".join(f"![{n}]({n})" for n in names) + "\n")
