@@ -161,6 +161,7 @@ def test_report_only_writes_the_outputs_from_the_records_alone(tmp_path):
     # trials at the largest batch.
     assert "**Under way: 4 of its 12 runs recorded**" in text
     assert "1,000 training images" in text and "300 held-out" in text
+    assert "Machines: not recorded (3 runs)." in text  # records made before summaries said
     assert "| not run yet |" in text and (docs / "accuracy_vs_batch.png").exists()
     assert not any(runs.glob("*/train.log"))  # nothing ran
     empty = run_study(f"--runs_dir={tmp_path / 'none'}", f"--output_dir={docs}",
@@ -220,6 +221,8 @@ def check_study(docs, runs):
             assert float(r["holdout_top1"]) == max(
                 float(o["holdout_top1"]) for o in rows if o["seed"] == "1" and
                 (o["method"], o["batch_size"]) == (r["method"], r["batch_size"]))
+        # Each run names the machine it ran on.
+        assert r["machine"].startswith(f"{len(os.sched_getaffinity(0))} CPU cores"), r
         # 200 training images: 3 epochs are 3 * (200 // batch) steps.
         assert int(r["steps"]) == 3 * (200 // int(r["batch_size"]))
     results = (docs / "results.md").read_text()

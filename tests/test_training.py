@@ -205,6 +205,8 @@ def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["skipped_records"]["bad_images"] == 0
     assert summary["test_split"] == "train"
+    # The machine it ran on: this host's cores, no accelerator here.
+    assert summary["machine"] == dict(cpu_cores=len(os.sched_getaffinity(0)), accelerators=[])
     # The reported test accuracy is the saved model's on that split: one
     # batch of 1000 (its 512 images, then its first 488 again), counted here.
     import tensorflow as tf

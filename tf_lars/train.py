@@ -356,6 +356,8 @@ def main(argv):
 def finish(model, histories, seconds, d, data, nan, backup, bad, at_eval, eval_ds, test_ds,
            chief, out, skipped):
     """Final evaluation, summary, model and the run's last line."""
+    from tf_lars.training import engine
+
     if nan.message:
         sys.exit(f"tf-lars-train: training stopped: {nan.message}")
     epochs = [e for h in histories for e in h.epoch]
@@ -379,7 +381,7 @@ def finish(model, histories, seconds, d, data, nan, backup, bad, at_eval, eval_d
                    wall_seconds=seconds, images_per_second=trained * FLAGS.batch_size / seconds,
                    skipped_records=bad.result(), epochs_run=len(epochs),
                    skipped_by_split={k: bad.result(k) for k in bad.splits},
-                   eval_split=FLAGS.eval_split)
+                   eval_split=FLAGS.eval_split, machine=engine.machine())
     if test_ds is not None:
         tested = model.evaluate(test_ds, steps=d["test_steps"], return_dict=True, verbose=0)
         summary.update(test_split=FLAGS.test_split, test_top1=tested["accuracy"],

@@ -408,7 +408,7 @@ class InMemory:
         import keras
         import tf_lars  # noqa: F401 (registers LARS and the schedules)
         from tf_lars.data import arrays
-        from tf_lars.training import precise_bn, recipe
+        from tf_lars.training import engine, precise_bn, recipe
 
         counts = self.info["examples"]
         cfg = trainer_flags(command(run, run_dir, "", self.info, epochs, warmup_epochs,
@@ -453,7 +453,8 @@ class InMemory:
                        wall_seconds=seconds, images_per_second=steps * cfg.batch_size / seconds,
                        eval_split="holdout", test_split="validation",
                        test_top1=test["accuracy"], test_top5=test["top5"],
-                       test_loss=test["loss"], backend=keras.backend.backend())
+                       test_loss=test["loss"], backend=keras.backend.backend(),
+                       machine=engine.machine())
         model.save(os.path.join(run_dir, "model.keras"))
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

@@ -29,7 +29,7 @@ def history(runs_dir, run):
 
 CSV_FIELDS = ["method", "batch_size", "trial", "learning_rate", "trust_coefficient", "seed",
               "chosen", "holdout_top1", "test_top1", "test_loss", "steps", "wall_seconds",
-              "images_per_second", "diverged"]
+              "images_per_second", "machine", "diverged"]
 
 
 def rows(results, chosen):
@@ -45,8 +45,26 @@ def rows(results, chosen):
             holdout_top1=s and round(s["top1"], 4), test_top1=s and round(s["test_top1"], 4),
             test_loss=s and round(s["test_loss"], 4), steps=s and s["steps"],
             wall_seconds=s and round(s["wall_seconds"], 1),
-            images_per_second=s and round(s["images_per_second"]), diverged=s is None))
+            images_per_second=s and round(s["images_per_second"]),
+            machine=s and machine_of(s), diverged=s is None))
     return out
+
+
+def machine_of(summary):
+    """The machine a run's summary names ('not recorded' before summaries did)."""
+    from tf_lars.training import engine
+
+    return engine.describe_machine(summary["machine"]) if "machine" in summary else \
+        "not recorded"
+
+
+def machines(results):
+    """'Made on 2 CPU cores (12 runs)', over the runs that did not diverge."""
+    counts = {}
+    for s in results.values():
+        if s is not None:
+            counts[machine_of(s)] = counts.get(machine_of(s), 0) + 1
+    return "Machines: " + "; ".join(f"{m} ({n} runs)" for m, n in sorted(counts.items())) + "."
 
 
 def chosen_scores(results, chosen):
@@ -267,6 +285,6 @@ def report(results, chosen, runs_dir, output_dir, baseline_batch, batch_sizes, h
     names = plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir, methods,
                   epochs)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(header + "\n\n" + text + "\n\n" +
+        f.write(header + " " + machines(results) + "\n\n" + text + "\n\n" +
                 "\n".join(f"![{n}]({n})" for n in names) + "\n")
     return text

@@ -50,6 +50,37 @@ def jax_runtime_error():
     return JaxRuntimeError
 
 
+def machine():
+    """What this process runs on, for a run's summary: its CPU cores and the
+    accelerators this host's backend sees (device kinds, e.g. 'NVIDIA H200')."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    kinds = []
+    if backend() == "jax":
+        import jax
+
+        kinds = [d.device_kind for d in jax.local_devices() if d.platform != "cpu"]
+    elif backend() == "tensorflow":
+        import tensorflow as tf
+
+        for device in tf.config.list_physical_devices():
+            if device.device_type in ("GPU", "TPU"):
+                details = tf.config.experimental.get_device_details(device)
+                kinds.append(details.get("device_name", device.device_type))
+    elif backend() == "torch":
+        import torch
+
+        kinds = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return dict(cpu_cores=cores, accelerators=kinds)
+
+
+def describe_machine(record):
+    """'2 CPU cores' or '16 CPU cores, 1 x NVIDIA H200', from `machine()`'s record."""
+    text = f"{record['cpu_cores']} CPU cores"
+    for kind in sorted(set(record["accelerators"])):
+        text += f", {record['accelerators'].count(kind)} x {kind}"
+    return text
+
+
 def _add_xla_flag(flag):
     flags = os.environ.get("XLA_FLAGS", "").split()
     if flag not in flags:
