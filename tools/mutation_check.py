@@ -5,12 +5,12 @@
     python tools/mutation_check.py --list
 
 Each mutation below is a plausible bug in the pure-Python core (optimizer,
-schedules, recipe, preprocessing, pipeline checks, in-memory batches). For
-each, the package is copied to a temporary folder, the one change applied
-there (the working tree is never touched), and the fast suites that guard
-that core are run against the copy. A mutation is killed when a test
-fails. Prints a line per mutation and the kill rate; exits 1 if any
-survived, naming it.
+schedules, recipe, preprocessing, pipeline checks, in-memory batches) or in
+the study's choice and comparison. For each, the package is copied to a
+temporary folder, the one change applied there (the working tree is never
+touched), and the fast suites that guard that code are run against the
+copy. A mutation is killed when a test fails. Prints a line per mutation
+and the kill rate; exits 1 if any survived, naming it.
 
 Why a curated list, not a mutation-testing tool such as mutmut: mutmut
 mutates every operator and constant (thousands of mutants here, each a
@@ -35,6 +35,8 @@ DATA = ["tests/test_augmentation.py", "tests/test_data.py", "tests/test_faults.p
         "test_jpegs_that_tensorflow_decodes_are_never_dropped"]
 STREAM = ["tests/test_jax_engine.py::"
           "test_synthetic_batches_reach_fit_once_each_in_order_and_resume_where_they_stopped"]
+STUDY = ["tests/test_study.py::test_choice_uses_the_held_out_accuracy_and_first_seed_only",
+         "tests/test_study.py::test_differences_are_judged_against_the_seeds_spread"]
 
 # (what, file, the code as it is, the bug, the suites that should catch it)
 MUTATIONS = [
@@ -97,6 +99,13 @@ MUTATIONS = [
      "tf_lars/data/pipeline.py",
      "        lambda: _has_end_marker(tf.strings.substr(jpeg, after_start, length))))",
      "        lambda: False))", DATA),
+    ("Study: trials chosen on the test images (the figure reported)",
+     "tools/large_batch_study.py",
+     'if key not in best or summary["top1"] > results[best[key]]["top1"]:',
+     'if key not in best or summary["test_top1"] > results[best[key]]["test_top1"]:', STUDY),
+    ("Study: a difference beyond the spread only when the first method is higher",
+     "tools/study_report.py", "    if min(a) > max(b) or min(b) > max(a):",
+     "    if min(a) > max(b):", STUDY),
 ]
 
 
