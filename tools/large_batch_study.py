@@ -325,9 +325,7 @@ def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra, in_memo
             jobs=1):
     """Runs one training (unless done before); its summary, or None if it diverged."""
     run_dir = os.path.join(runs_dir, run.name)
-    summary_path = os.path.join(run_dir, "summary.json")
-    diverged_path = os.path.join(run_dir, "diverged.txt")
-    if not os.path.exists(summary_path) and not os.path.exists(diverged_path):
+    if run not in recorded([run], runs_dir):
         start = time.time()
         if in_memory and jobs > 1:
             run_spec_process(run, run_dir, jobs)
@@ -336,10 +334,10 @@ def execute(run, runs_dir, data_dir, info, epochs, warmup_epochs, extra, in_memo
         else:
             run_trainer(run, run_dir, data_dir, info, epochs, warmup_epochs, extra)
         logging.info("%s: %.0f s", run.name, time.time() - start)
-    if os.path.exists(diverged_path):
-        return None
-    with open(summary_path) as f:
-        return json.load(f)
+    done = recorded([run], runs_dir)
+    if run not in done:
+        raise RuntimeError(f"run {run.name} ended without a summary.json in {run_dir}")
+    return done[run]
 
 
 def recorded(runs, runs_dir):

@@ -61,9 +61,8 @@ def machine_of(summary):
 def machines(results):
     """'Made on 2 CPU cores (12 runs)', over the runs that did not diverge."""
     counts = {}
-    for s in results.values():
-        if s is not None:
-            counts[machine_of(s)] = counts.get(machine_of(s), 0) + 1
+    for name in (machine_of(s) for s in results.values() if s is not None):
+        counts[name] = counts.get(name, 0) + 1
     return "Machines: " + "; ".join(f"{m} ({n} runs)" for m, n in sorted(counts.items())) + "."
 
 
