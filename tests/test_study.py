@@ -76,6 +76,31 @@ def test_choice_uses_the_held_out_accuracy_and_first_seed_only():
         ("baseline", 256, 2), ("lars", 8192, 2), ("sgd", 1024, 2), ("sgd", 8192, 2)]
 
 
+def test_the_sweep_finishes_each_batch_size_seeds_and_all_before_the_next():
+    plan = study.first_plan(256, [1024, 4096], ["0.1", "0.2"], ["1:0.02", "2:0.02"])
+    calls = []
+
+    def run_all(runs):  # held-out accuracy: the larger rate wins, except LARS at 4096
+        calls.append(sorted((r.method, r.batch_size, r.trial, r.seed) for r in runs))
+        return {r: dict(top1=(r.learning_rate if (r.method, r.batch_size) != ("lars", 4096)
+                              else -r.learning_rate)) for r in runs}
+
+    results = study.sweep(plan, [1024, 4096], True, 2, run_all)
+    assert [[c[:2] + c[3:] for c in group] for group in calls] == [
+        [("baseline", 256, 1)] * 2, [("baseline", 256, 2)],
+        [("lars", 1024, 1)] * 2 + [("sgd", 1024, 1)] * 2, [("lars", 1024, 2), ("sgd", 1024, 2)],
+        [("lars", 4096, 1)] * 2 + [("sgd", 4096, 1)] * 2, [("lars", 4096, 2), ("sgd", 4096, 2)]]
+    # Seed 2 repeats the trial chosen at its own batch size.
+    assert calls[3] == [("lars", 1024, "2:0.02", 2), ("sgd", 1024, "0.2", 2)]
+    assert calls[5] == [("lars", 4096, "1:0.02", 2), ("sgd", 4096, "0.2", 2)]
+    assert len(results) == study.planned_total(plan, [1024, 4096], True, 2) == 15
+    # The reduced form: seeds at the largest batch only, after its trials.
+    calls.clear()
+    results = study.sweep(plan, [1024, 4096], False, 3, run_all)
+    assert [len(group) for group in calls] == [2, 0, 4, 0, 4, 4]
+    assert len(results) == study.planned_total(plan, [1024, 4096], False, 3) == 14
+
+
 def test_table_reports_the_chosen_trials_test_accuracy_over_seeds():
     a = study.Run("lars", 8192, 6.0, 0.01, 1, "3:0.01")
     a2 = study.Run("lars", 8192, 6.0, 0.01, 2, "3:0.01")

@@ -227,6 +227,41 @@ def more_seeds(chosen, batch_sizes, seeds, baseline=False):
             for s in range(2, seeds + 1)]
 
 
+def planned_total(plan, batch_sizes, every, seeds):
+    """How many runs the study makes: `plan`'s trials and the extra seeds."""
+    points = {(run.method, run.batch_size) for run in plan}
+    seeded = len(points) if every else sum(m != "baseline" for m, b in points
+                                           if b == max(batch_sizes))
+    return len(plan) + seeded * (seeds - 1)
+
+
+def by_batch_size(plan):
+    """`plan`'s runs in groups: the baseline's, then one per large batch size."""
+    groups = {}
+    for run in plan:
+        key = "baseline" if run.method == "baseline" else run.batch_size
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
+
+
+def sweep(plan, batch_sizes, every, seeds, run_all):
+    """`{run: summary}` of the whole study, one batch size at a time.
+
+    The baseline first, then each large batch size in `plan`'s order: its
+    trials, then seeds 2..`seeds` of the trials chosen there, so that each
+    batch size's comparison is whole, seeds and all, before the next one
+    starts (a sweep stopped part-way leaves complete rows, not a grid of
+    single seeds). `run_all(runs)` runs them and returns `{run: summary}`.
+    """
+    seeded_batches = batch_sizes if every else [max(batch_sizes)]
+    results = {}
+    for group in by_batch_size(plan):
+        results.update(run_all(group))
+        here = {key: run for key, run in choose(results).items() if run in group}
+        results.update(run_all(more_seeds(here, seeded_batches, seeds, baseline=every)))
+    return results
+
+
 def check_args(sgd_rates, lars_trials, batch_sizes, nesterov_rates=None):
     if len(sgd_rates) != len(lars_trials):
         raise ValueError(f"--sgd_rates has {len(sgd_rates)} trials and --lars_trials "
@@ -365,12 +400,17 @@ def recorded_counts(results, runs_dir):
     return None
 
 
-def execute_all(runs, jobs, *args, **kwargs):
-    """`{run: execute(run, ...)}`, with up to `jobs` runs at a time."""
+def execute_all(runs, jobs, *args, counter=None, **kwargs):
+    """`{run: execute(run, ...)}`, with up to `jobs` runs at a time.
+
+    `counter`: [runs numbered so far, runs in all], for the log's "run i of n".
+    """
     if jobs == 1:
+        counter = counter or [0, len(runs)]
         results = {}
-        for i, run in enumerate(runs, 1):
-            logging.info("run %d of %d: %s", i, len(runs), run.name)
+        for run in runs:
+            counter[0] += 1
+            logging.info("run %d of %d: %s", counter[0], counter[1], run.name)
             results[run] = execute(run, *args, **kwargs)
         return results
     # Each run is a process of its own: threads only wait for them.
@@ -515,16 +555,18 @@ def main(argv):
     runs_dir = FLAGS.runs_dir or (form["runs_dir"] + suffix if "runs_dir" in form else
                                   "runs/study" + suffix)
     output_dir = FLAGS.output_dir or form.get("output_dir", "docs/study")
+    every = form["seeds_at_every_batch"]
     if FLAGS.dry_run:
         info = dict(examples=dict(train="N", holdout="N", validation="N"))
-        for run in plan:
-            print(" ".join(command(run, os.path.join(runs_dir, run.name), FLAGS.data_dir,
-                                   info, epochs, warmup, FLAGS.trainer_flags)))
-        where = ("every batch size" if form["seeds_at_every_batch"]
-                 else f"batch {max(batch_sizes)}")
-        print(f"# then seeds 2..{FLAGS.seeds} of each method's chosen trial at {where}")
+        for group in by_batch_size(plan):
+            for run in group:
+                print(" ".join(command(run, os.path.join(runs_dir, run.name), FLAGS.data_dir,
+                                       info, epochs, warmup, FLAGS.trainer_flags)))
+            batch = group[0].batch_size
+            if (every or batch == max(batch_sizes)) and FLAGS.seeds > 1:
+                print(f"# then seeds 2..{FLAGS.seeds} of each method's chosen trial at "
+                      f"batch {batch}")
         return
-    every = form["seeds_at_every_batch"]
     if FLAGS.report_only:
         report_so_far(plan, runs_dir, output_dir, batch_sizes, every, epochs, warmup, bn_note,
                       methods)
@@ -540,11 +582,10 @@ def main(argv):
         if FLAGS.run_spec:  # One run of a --jobs study, in its own process.
             execute(Run(**json.loads(FLAGS.run_spec)), *common)
             return
-        results = execute_all(plan, FLAGS.jobs, *common)
+        counter = [0, planned_total(plan, batch_sizes, every, FLAGS.seeds)]
+        results = sweep(plan, batch_sizes, every, FLAGS.seeds,
+                        lambda runs: execute_all(runs, FLAGS.jobs, *common, counter=counter))
         chosen = choose(results)
-        seeded = more_seeds(chosen, batch_sizes if every else [max(batch_sizes)], FLAGS.seeds,
-                            baseline=every)
-        results.update(execute_all(seeded, FLAGS.jobs, *common))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"large_batch_study: error: {e}")
     print(report(results, chosen, runs_dir, output_dir, FLAGS.baseline_batch,
@@ -576,9 +617,7 @@ def report_so_far(plan, runs_dir, output_dir, batch_sizes, every, epochs, warmup
     planned = {}
     for run in plan:
         planned[(run.method, run.batch_size)] = planned.get((run.method, run.batch_size), 0) + 1
-    seeded_points = len(planned) if every else sum(m != "baseline" for m, b in planned
-                                                   if b == max(batch_sizes))
-    total = len(plan) + seeded_points * (FLAGS.seeds - 1)
+    total = planned_total(plan, batch_sizes, every, FLAGS.seeds)
     results.update(recorded(more_seeds(chosen, batch_sizes if every else [max(batch_sizes)],
                                        FLAGS.seeds, baseline=every), runs_dir))
     info = recorded_counts(results, runs_dir)

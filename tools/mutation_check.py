@@ -36,6 +36,7 @@ DATA = ["tests/test_augmentation.py", "tests/test_data.py", "tests/test_faults.p
 STREAM = ["tests/test_jax_engine.py::"
           "test_synthetic_batches_reach_fit_once_each_in_order_and_resume_where_they_stopped"]
 STUDY = ["tests/test_study.py::test_choice_uses_the_held_out_accuracy_and_first_seed_only",
+         "tests/test_study.py::test_the_sweep_finishes_each_batch_size_seeds_and_all_before_the_next",
          "tests/test_study.py::test_differences_are_judged_against_the_seeds_spread"]
 
 # (what, file, the code as it is, the bug, the suites that should catch it)
@@ -106,6 +107,10 @@ MUTATIONS = [
     ("Study: a difference beyond the spread only when the first method is higher",
      "tools/study_report.py", "    if min(a) > max(b) or min(b) > max(a):",
      "    if min(a) > max(b):", STUDY),
+    ("Study: the seeds wait for the whole grid (a stopped sweep leaves no row complete)",
+     "tools/large_batch_study.py",
+     "    for group in by_batch_size(plan):\n        results.update(run_all(group))\n",
+     "    for group in [plan]:\n        results.update(run_all(group))\n", STUDY),
 ]
 
 
