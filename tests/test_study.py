@@ -197,6 +197,21 @@ def test_report_only_writes_the_outputs_from_the_records_alone(tmp_path):
         f"{tmp_path / 'none'}: run the study first, or give its --runs_dir")
 
 
+def test_a_resumed_run_keeps_the_log_of_its_first_part(tmp_path):
+    run = study.Run("lars", 1024, 2.0, 0.02, 1, "2:0.02")
+    run_dir = tmp_path / run.name
+    run_dir.mkdir()
+    (run_dir / "train.log").write_text("epoch 1 of 15 ... stopped by SIGTERM\n")
+    code, tail = study.run_logged([sys.executable, "-c", "print('resumed from epoch 2')"],
+                                  run, str(run_dir))
+    assert code == 0 and tail.endswith("resumed from epoch 2\n")
+    assert (run_dir / "train.log").read_text() == (
+        "epoch 1 of 15 ... stopped by SIGTERM\nresumed from epoch 2\n")
+    # A failure names the run and shows the log's end.
+    with pytest.raises(RuntimeError, match=r"lars_b1024_lr2_eta0.02_s1 failed \(exit 3\)"):
+        study.run_logged([sys.executable, "-c", "import sys; sys.exit(3)"], run, str(run_dir))
+
+
 def test_a_bad_trainer_flag_fails_before_any_run(tmp_path):
     result = run_study(f"--runs_dir={tmp_path / 'runs'}", f"--output_dir={tmp_path / 'docs'}",
                        "--dry_run", "--trainer_flags=--model=nosuch", timeout=120)

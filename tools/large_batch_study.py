@@ -323,10 +323,11 @@ def command(run, run_dir, data_dir, info, epochs, warmup_epochs, extra):
 
 
 def run_logged(cmd, run, run_dir, cwd=None, **env):
-    """Runs `cmd` for `run`, its output in `run_dir/train.log`; the exit code and
+    """Runs `cmd` for `run`, its output added to `run_dir/train.log` (a run
+    resumed from its backup keeps the log of its first part); the exit code and
     the log's end. A failure other than a NaN stop raises, showing that end."""
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "train.log"), "w") as log:
+    with open(os.path.join(run_dir, "train.log"), "a") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT,
                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **env), cwd=cwd)
     with open(os.path.join(run_dir, "train.log")) as log:
