@@ -210,6 +210,12 @@ def test_a_resumed_run_keeps_the_log_of_its_first_part(tmp_path):
     # A failure names the run and shows the log's end.
     with pytest.raises(RuntimeError, match=r"lars_b1024_lr2_eta0.02_s1 failed \(exit 3\)"):
         study.run_logged([sys.executable, "-c", "import sys; sys.exit(3)"], run, str(run_dir))
+    # A run stopped by SIGTERM says how to go on (tf-lars-train's exit status 75).
+    from tf_lars.training import faults
+
+    assert study.PREEMPTED_EXIT_CODE == faults.PREEMPTED_EXIT_CODE
+    with pytest.raises(RuntimeError, match="stopped .SIGTERM.* run the same command to resume"):
+        study.run_logged([sys.executable, "-c", "import sys; sys.exit(75)"], run, str(run_dir))
 
 
 def test_a_bad_trainer_flag_fails_before_any_run(tmp_path):

@@ -79,6 +79,7 @@ from absl import app, flags, logging
 from study_report import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREEMPTED_EXIT_CODE = 75  # tf-lars-train's exit status after a SIGTERM and a backup
 
 # At batch B, Fashion-MNIST's 50,000 training images take as many steps an
 # epoch as ImageNet's 1,281,167 at about 25.6 B: 1024 is the paper's 32K.
@@ -332,6 +333,9 @@ def run_logged(cmd, run, run_dir, cwd=None, **env):
                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **env), cwd=cwd)
     with open(os.path.join(run_dir, "train.log")) as log:
         tail = log.read()[-2000:]
+    if code == PREEMPTED_EXIT_CODE:
+        raise RuntimeError(f"run {run.name} was stopped (SIGTERM) and backed up in "
+                           f"{run_dir}/backup: run the same command to resume it there")
     if code and "training stopped:" not in tail:
         raise RuntimeError(f"run {run.name} failed (exit {code}); its log, "
                            f"{run_dir}/train.log, ends:\n{tail}")
