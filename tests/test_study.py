@@ -168,9 +168,13 @@ def test_report_only_writes_the_outputs_from_the_records_alone(tmp_path):
         if i == 3:
             (folder / "diverged.txt").write_text("loss is NaN at step 2\n")
             continue
+        # Run 1 was resumed (its time in all recorded), run 2 resumed from a
+        # backup that did not record its time.
+        resumed = [{}, dict(resumed_from_epoch=1, wall_seconds_in_all=25.0),
+                   dict(resumed_from_epoch=2, wall_seconds_in_all=None)][i]
         (folder / "summary.json").write_text(json.dumps(dict(
             top1=0.5 + i / 10, test_top1=0.4 + i / 10, test_loss=1.0, steps=30,
-            wall_seconds=9.0, images_per_second=100.0)))
+            wall_seconds=9.0, images_per_second=100.0, **resumed)))
         (folder / "flags.json").write_text(json.dumps(dict(flags=dict(
             train_examples=1000, eval_examples=300, test_examples=200))))
         (folder / "history.csv").write_text("epoch,loss,val_accuracy\n0,2.0,0.3\n1,1.5,0.5\n")
@@ -181,6 +185,10 @@ def test_report_only_writes_the_outputs_from_the_records_alone(tmp_path):
     with open(docs / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["diverged"] for r in rows) == ["False", "False", "False", "True"]
+    times = {(r["method"], r["trial"]): (r["wall_seconds"], r["resumed_from_epoch"])
+             for r in rows if r["diverged"] == "False"}
+    assert times == {(run.method, run.trial): time for run, time in zip(
+        plan, [("9.0", ""), ("25.0", "1"), ("9.0", "2")])}
     text = (docs / "results.md").read_text()
     # 10 first-seed runs, then (the reduced form) seed 2 of both methods' chosen
     # trials at the largest batch.

@@ -207,6 +207,7 @@ def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
     assert summary["test_split"] == "train"
     # The machine it ran on: this host's cores, no accelerator here.
     assert summary["machine"] == dict(cpu_cores=len(os.sched_getaffinity(0)), accelerators=[])
+    assert summary["wall_seconds_in_all"] == summary["wall_seconds"]  # not resumed
     # The reported test accuracy is the saved model's on that split: one
     # batch of 1000 (its 512 images, then its first 488 again), counted here.
     import tensorflow as tf
@@ -307,13 +308,19 @@ def test_killed_run_resumes_with_the_same_step_count(tmp_path):
     out = tmp_path / "run"
     args = [*TINY, f"--model_dir={out}", "--epochs=6", "--train_examples=640",
             "--eval_every_epochs=0"]
+    start = time.time()
     kill_after_backup(args, out)
+    first_part = time.time() - start
+    before = json.loads((out / "backup" / "training_metadata.json").read_text())["seconds"]
+    assert 0 < before < first_part
     result = train(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_epoch"] >= 2
     assert summary["steps"] == 6 * 40  # as many steps as an uninterrupted run
     assert summary["epochs_run"] == 6 - summary["resumed_from_epoch"]
+    # Its time in all counts the killed process's training up to its backup.
+    assert summary["wall_seconds_in_all"] == pytest.approx(before + summary["wall_seconds"])
 
 
 def test_rerun_keeps_a_finished_run_and_refuses_other_flags(tmp_path):

@@ -378,7 +378,8 @@ def finish(model, histories, seconds, d, data, nan, backup, bad, at_eval, eval_d
     trained = steps - backup.resumed_at_step
     summary = dict(top1=results["accuracy"], top5=results["top5"], loss=results["loss"],
                    steps=steps, resumed_from_epoch=backup.resumed_from_epoch,
-                   wall_seconds=seconds, images_per_second=trained * FLAGS.batch_size / seconds,
+                   wall_seconds=seconds, wall_seconds_in_all=backup.seconds_in_all(seconds),
+                   images_per_second=trained * FLAGS.batch_size / seconds,
                    skipped_records=bad.result(), epochs_run=len(epochs),
                    skipped_by_split={k: bad.result(k) for k in bad.splits},
                    eval_split=FLAGS.eval_split, machine=engine.machine())

@@ -493,7 +493,8 @@ class InMemory:
         test = trained.evaluate(batches("validation", False), return_dict=True, verbose=0)
         steps = int(keras.ops.convert_to_numpy(trained.optimizer.iterations))
         summary = dict(top1=held["accuracy"], top5=held["top5"], loss=held["loss"], steps=steps,
-                       wall_seconds=seconds, images_per_second=steps * cfg.batch_size / seconds,
+                       wall_seconds=seconds, wall_seconds_in_all=seconds,
+                       images_per_second=steps * cfg.batch_size / seconds,
                        eval_split="holdout", test_split="validation",
                        test_top1=test["accuracy"], test_top5=test["top5"],
                        test_loss=test["loss"], backend=keras.backend.backend(),

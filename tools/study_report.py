@@ -29,7 +29,7 @@ def history(runs_dir, run):
 
 CSV_FIELDS = ["method", "batch_size", "trial", "learning_rate", "trust_coefficient", "seed",
               "chosen", "holdout_top1", "test_top1", "test_loss", "steps", "wall_seconds",
-              "images_per_second", "machine", "diverged"]
+              "resumed_from_epoch", "images_per_second", "machine", "diverged"]
 
 
 def rows(results, chosen):
@@ -44,10 +44,18 @@ def rows(results, chosen):
             seed=run.seed, chosen=(run.method, run.batch_size, run.trial) in picked,
             holdout_top1=s and round(s["top1"], 4), test_top1=s and round(s["test_top1"], 4),
             test_loss=s and round(s["test_loss"], 4), steps=s and s["steps"],
-            wall_seconds=s and round(s["wall_seconds"], 1),
+            wall_seconds=s and round(wall_seconds(s), 1),
+            resumed_from_epoch=s and s.get("resumed_from_epoch"),
             images_per_second=s and round(s["images_per_second"]),
             machine=s and machine_of(s), diverged=s is None))
     return out
+
+
+def wall_seconds(summary):
+    """A run's training seconds, over every process it was resumed through
+    where its summary says (`wall_seconds_in_all`), else its last process's."""
+    in_all = summary.get("wall_seconds_in_all")
+    return summary["wall_seconds"] if in_all is None else in_all
 
 
 def machine_of(summary):

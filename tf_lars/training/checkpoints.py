@@ -9,6 +9,7 @@ run); the other workers' periodic files go to their scratch folder.
 
 import json
 import os
+import time
 
 import keras
 
@@ -90,7 +91,9 @@ def read_backup(backup_dir):
 
     `epoch` is the epoch the run resumes in and `batch` the batches of it
     already trained (0 for a backup made at an epoch's end); `step` the
-    optimizer steps trained in all (absent from backups of older versions).
+    optimizer steps trained in all and `seconds` the training seconds so far,
+    over every process the run was resumed through (both absent from
+    backups of older versions).
     """
     text = _read_text(os.path.join(backup_dir, "training_metadata.json"))
     return None if text is None else json.loads(text)
@@ -106,7 +109,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     records the batches of the epoch already trained and the step count
     (`read_backup`); the trainer then trains only the rest of that epoch
     and starts its seeded input stream where it stopped. A restarted run
-    therefore ends after as many steps as an uninterrupted one.
+    therefore ends after as many steps as an uninterrupted one. A backup
+    also records the training seconds so far, over every process the run
+    was resumed through (`seconds_in_all`).
 
     `every_steps` > 0 also backs up every that many steps; `steps_per_epoch`
     tells a backup at an epoch's last batch to resume in the next epoch.
@@ -128,12 +133,20 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self._epoch = 0
         self._last_saved = None
         self.final = False  # True: the last backup is made (the run stops inside an epoch)
+        self.seconds_before = 0.0  # training seconds of the processes resumed from
+        self._clock = None         # when this process first began to train
 
     def _steps(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def _load_model(self):
+        first = self._clock is None
         super()._load_model()
+        if first:
+            self._clock = time.time()
+            if getattr(self.model, "_initial_epoch", None) is not None:
+                # (None when the backup was made by a version that did not say)
+                self.seconds_before = (read_backup(self.backup_dir) or {}).get("seconds")
         if self.resumed_from_epoch is None:  # (a resumed epoch's rest is a fit of its own)
             self.resumed_from_epoch = getattr(self.model, "_initial_epoch", None)
             if self.resumed_from_epoch is not None:
@@ -169,9 +182,16 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model.save_weights(filepath=self._weights_path, overwrite=True)
         # Written after the weights, through a rename: a backup is never
         # described by metadata of another one.
-        _write_text_atomically(self._training_metadata_path,
-                               json.dumps({"epoch": epoch, "batch": batch, "step": step}))
+        metadata = {"epoch": epoch, "batch": batch, "step": step}
+        if self.seconds_before is not None and self._clock is not None:
+            metadata["seconds"] = round(self.seconds_before + time.time() - self._clock, 3)
+        _write_text_atomically(self._training_metadata_path, json.dumps(metadata))
         self._last_saved = (epoch, batch, step)
+
+    def seconds_in_all(self, seconds):
+        """The run's training seconds: this process's `seconds` and those of the
+        processes it was resumed through (None when a backup does not say)."""
+        return None if self.seconds_before is None else self.seconds_before + seconds
 
     def on_train_end(self, logs=None):
         if self.chief:
