@@ -22,7 +22,8 @@ import tensorflow as tf  # noqa: E402
 
 from tf_lars.data import pipeline  # noqa: E402
 from test_data import COMMON, example, jpeg, read_all, write_damaged, write_shards  # noqa: E402
-from test_training import TINY, env, last_line, train, wait_for_step, weights_of  # noqa: E402
+from test_training import (TINY, env, epochs_logged, last_line, train,  # noqa: E402
+                           wait_for_step, weights_of)
 
 IMAGES = ["--data_format=imagenet", "--model=resnet8", "--image_size=32", "--num_classes=10",
           "--batch_size=8", "--learning_rate=0.1", "--epochs=1", "--eval_every_epochs=0",
@@ -251,6 +252,32 @@ def test_sigterm_twice_ends_like_an_uninterrupted_run(tmp_path):
     for a, b in zip(weights_of(run / "model.keras"), weights_of(tmp_path / "whole" /
                                                                 "model.keras")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # One row an epoch in its table, as the uninterrupted run's (a stop inside
+    # an epoch logs the part before it; the resumed run drops that row).
+    assert epochs_logged(run) == epochs_logged(tmp_path / "whole") == [0, 1, 2]
+
+
+def test_resuming_keeps_the_table_rows_of_the_epochs_backed_up(tmp_path):
+    from tf_lars.training import checkpoints
+
+    table = tmp_path / "history.csv"
+    rows = "epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n2,0.65,0.8\n2,0.7,0.7\n"
+    table.write_text(rows)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    # Backed up inside epoch 2 (1 batch of it trained): its rows go.
+    (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 1, "step": 9}')
+    checkpoints.keep_backed_up_epochs(str(table), str(backup))
+    assert table.read_text() == "epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n"
+    # A finished run's backup (after its last epoch): the table stays as it is.
+    (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 0, "step": 8}')
+    before = os.stat(table).st_mtime_ns
+    checkpoints.keep_backed_up_epochs(str(table), str(backup))
+    assert table.read_text().count("\n") == 3 and os.stat(table).st_mtime_ns == before
+    # No backup: a run that starts again from the beginning keeps only the header.
+    checkpoints.keep_backed_up_epochs(str(table), str(tmp_path / "none"))
+    assert table.read_text() == "epoch,accuracy,loss\n"
+    checkpoints.keep_backed_up_epochs(str(tmp_path / "absent.csv"), str(backup))  # no table
 
 
 # 5. The layouts people have.

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import jax_only
-from test_training import (TINY, env, fashion_mnist_shards, finish, free_port,
+from test_training import (TINY, env, epochs_logged, fashion_mnist_shards, finish, free_port,
                            kill_after_backup, kill_the_second, last_line, read_tags,
                            stem_statistics, train, wait_for_step, weights_of)
 
@@ -165,6 +165,7 @@ def test_two_processes_stop_together_on_sigterm_and_resume_to_one_process_weight
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 40 and summary["resumed_from_epoch"] == 0
     assert not (tmp_path / "scratch1" / "summary.json").exists()
+    assert epochs_logged(run) == [0, 1]  # the stopped part of epoch 0 not logged twice
     # The same weights as one process with both devices, PreciseBN's
     # statistics (over both processes' images) included.
     assert_same_weights(tmp_path / "both" / "model.keras", run / "model.keras")

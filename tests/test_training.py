@@ -290,6 +290,12 @@ def test_nan_loss_stops_with_likely_causes(tmp_path):
     assert "training stopped: the loss became" in line and "--trust_coefficient" in line
 
 
+def epochs_logged(model_dir):
+    """The epoch column of a run's `history.csv`."""
+    lines = (model_dir / "history.csv").read_text().splitlines()
+    return [int(line.split(",")[0]) for line in lines[1:]]
+
+
 def kill_after_backup(args, out, epoch=2, timeout=300, **extra_env):
     """Starts the trainer; SIGKILLs it once its backup reaches `epoch`."""
     process = subprocess.Popen([sys.executable, "-m", "tf_lars.train", *args],
@@ -321,6 +327,7 @@ def test_killed_run_resumes_with_the_same_step_count(tmp_path):
     assert summary["epochs_run"] == 6 - summary["resumed_from_epoch"]
     # Its time in all counts the killed process's training up to its backup.
     assert summary["wall_seconds_in_all"] == pytest.approx(before + summary["wall_seconds"])
+    assert epochs_logged(out) == list(range(6))
 
 
 def test_rerun_keeps_a_finished_run_and_refuses_other_flags(tmp_path):

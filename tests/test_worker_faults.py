@@ -10,7 +10,8 @@ import keras
 if keras.backend.backend() != "tensorflow":
     pytest.skip("MultiWorkerMirroredStrategy needs TensorFlow", allow_module_level=True)
 
-from test_training import TINY, finish, kill_the_second, wait_for_step, weights_of  # noqa: E402
+from test_training import (TINY, epochs_logged, finish, kill_the_second,  # noqa: E402
+                           wait_for_step, weights_of)
 from test_training import start_workers as two_workers  # noqa: E402
 
 # 20 steps an epoch, 3 epochs; a backup every 2 steps shows where the run is.
@@ -57,6 +58,7 @@ def test_sigterm_on_one_worker_stops_both_at_one_step_and_both_resume_there(tmp_
     assert [w for w in resumed if "Traceback" in w[1]] == []
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 3 * 20 and summary["resumed_from_epoch"] == 0
+    assert epochs_logged(tmp_path / "run") == [0, 1, 2]  # one row an epoch
     # Both workers hold the same trained weights at the end (BatchNorm's
     # moving statistics are each worker's own).
     for a, b in zip(weights_of(tmp_path / "run" / "model.keras", trainable_only=True),

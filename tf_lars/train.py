@@ -184,11 +184,16 @@ def callbacks_for(chief, bad_records, d):
     # where every process must run the same callbacks (reading the model's
     # state between steps is a collective there); the others write to scratch.
     if chief or engine.backend() == "jax":
-        # Per-epoch metrics as a table; appended to on resume.
-        table = keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True)
+        # Per-epoch metrics as a table; appended to on resume, without the
+        # rows of the epochs the backup does not hold. Its row of an epoch is
+        # written before the backup that ends the epoch, so a kill between
+        # the two repeats the row rather than losing it.
+        history = os.path.join(out, "history.csv")
+        checkpoints.keep_backed_up_epochs(history, backup.backup_dir)
+        table = keras.callbacks.CSVLogger(history, append=True)
+        callbacks.insert(callbacks.index(backup), table)
         if engine.has_tensorflow():  # (both write event files with tf.summary)
             callbacks += [keras.callbacks.TensorBoard(out, update_freq=FLAGS.log_every_steps),
-                          table,
                           monitoring.TrainingMonitor(os.path.join(out, "train"),
                                                      FLAGS.batch_size, FLAGS.log_every_steps,
                                                      bad_records)]
@@ -196,7 +201,6 @@ def callbacks_for(chief, bad_records, d):
             logging.warning("no TensorBoard logs: they are written with TensorFlow, which "
                             "is not installed (pip install tensorflow-cpu); history.csv and "
                             "summary.json are written")
-            callbacks.append(table)
         callbacks.append(monitoring.SkippedRecords(bad_records, FLAGS.eval_split))
     return callbacks, nan, backup, stopper, out
 

@@ -36,7 +36,8 @@ DATA = ["tests/test_augmentation.py", "tests/test_data.py", "tests/test_faults.p
 STREAM = ["tests/test_jax_engine.py::"
           "test_synthetic_batches_reach_fit_once_each_in_order_and_resume_where_they_stopped"]
 STUDY = ["tests/test_study.py::test_choice_uses_the_held_out_accuracy_and_first_seed_only",
-         "tests/test_study.py::test_the_sweep_finishes_each_batch_size_seeds_and_all_before_the_next",
+         "tests/test_study.py::"
+         "test_the_sweep_finishes_each_batch_size_seeds_and_all_before_the_next",
          "tests/test_study.py::test_differences_are_judged_against_the_seeds_spread"]
 
 # (what, file, the code as it is, the bug, the suites that should catch it)

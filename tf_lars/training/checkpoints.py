@@ -7,6 +7,7 @@ Here only the chief writes the backup; every worker restores from it (so
 run); the other workers' periodic files go to their scratch folder.
 """
 
+import csv
 import json
 import os
 import time
@@ -97,6 +98,26 @@ def read_backup(backup_dir):
     """
     text = _read_text(os.path.join(backup_dir, "training_metadata.json"))
     return None if text is None else json.loads(text)
+
+
+def keep_backed_up_epochs(history_path, backup_dir):
+    """Drops the rows of `history_path` (a CSVLogger's table) for the epochs
+    a run resuming from `backup_dir` trains again: a run stopped inside an
+    epoch logged that part of it, and one killed after an epoch's row but
+    before its backup logged the whole epoch. The resumed run then writes
+    each epoch's row once (the row of an epoch resumed inside covers the
+    batches trained after the stop). Without a backup, every row goes.
+    """
+    text = _read_text(history_path)
+    if not text:
+        return
+    resumes_in = (read_backup(backup_dir) or {}).get("epoch", 0)
+    lines = text.splitlines(keepends=True)
+    column = next(csv.reader(lines[:1])).index("epoch")
+    kept = [line for row, line in zip(csv.reader(lines[1:]), lines[1:])
+            if row and int(row[column]) < resumes_in]
+    if len(kept) < len(lines) - 1:
+        _write_text_atomically(history_path, "".join(lines[:1] + kept))
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
