@@ -205,6 +205,16 @@ def test_report_only_writes_the_outputs_from_the_records_alone(tmp_path):
         f"{tmp_path / 'none'}: run the study first, or give its --runs_dir")
 
 
+def test_a_history_with_an_epoch_logged_twice_reads_one_row_an_epoch(tmp_path):
+    # Records made before the trainer dropped the row of a stopped epoch's part.
+    run = study.Run("lars", 1024, 4.0, 0.02, 1, "4:0.02")
+    (tmp_path / run.name).mkdir()
+    (tmp_path / run.name / "history.csv").write_text(
+        "epoch,loss,val_accuracy\n0,2.0,0.3\n1,1.6,0.4\n1,1.5,0.5\n2,1.2,0.6\n")
+    rows = study_report.history(str(tmp_path), run)
+    assert [(r["epoch"], r["loss"]) for r in rows] == [(0, 2.0), (1, 1.5), (2, 1.2)]
+
+
 def test_a_resumed_run_keeps_the_log_of_its_first_part(tmp_path):
     run = study.Run("lars", 1024, 2.0, 0.02, 1, "2:0.02")
     run_dir = tmp_path / run.name

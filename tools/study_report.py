@@ -18,13 +18,18 @@ def _is_float(text):
 
 
 def history(runs_dir, run):
-    """Per-epoch rows of a run's `history.csv` (as floats)."""
+    """Per-epoch rows of a run's `history.csv` (as floats), one an epoch.
+
+    Records made before the trainer kept one row an epoch hold two for an
+    epoch a run was stopped and resumed in: its end is the later one.
+    """
     path = os.path.join(runs_dir, run.name, "history.csv")
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [{k: float(v) for k, v in row.items() if _is_float(v)}
+        rows = [{k: float(v) for k, v in row.items() if _is_float(v)}
                 for row in csv.DictReader(f)]  # "NA": epochs without evaluation
+    return list({row["epoch"]: row for row in rows}.values())
 
 
 CSV_FIELDS = ["method", "batch_size", "trial", "learning_rate", "trust_coefficient", "seed",
