@@ -267,17 +267,21 @@ def test_resuming_keeps_the_table_rows_of_the_epochs_backed_up(tmp_path):
     backup.mkdir()
     # Backed up inside epoch 2 (1 batch of it trained): its rows go.
     (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 1, "step": 9}')
-    checkpoints.keep_backed_up_epochs(str(table), str(backup))
+    checkpoints.keep_backed_up_epochs(str(table), str(backup), 4)
     assert table.read_text() == "epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n"
     # A finished run's backup (after its last epoch): the table stays as it is.
     (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 0, "step": 8}')
     before = os.stat(table).st_mtime_ns
-    checkpoints.keep_backed_up_epochs(str(table), str(backup))
+    checkpoints.keep_backed_up_epochs(str(table), str(backup), 4)
     assert table.read_text().count("\n") == 3 and os.stat(table).st_mtime_ns == before
+    # Older versions' backup after an epoch's last batch (4 of 4): the next epoch.
+    (backup / "training_metadata.json").write_text('{"epoch": 1, "batch": 4}')
+    checkpoints.keep_backed_up_epochs(str(table), str(backup), 4)
+    assert table.read_text() == "epoch,accuracy,loss\n0,0.5,1.0\n1,0.6,0.9\n"
     # No backup: a run that starts again from the beginning keeps only the header.
-    checkpoints.keep_backed_up_epochs(str(table), str(tmp_path / "none"))
+    checkpoints.keep_backed_up_epochs(str(table), str(tmp_path / "none"), 4)
     assert table.read_text() == "epoch,accuracy,loss\n"
-    checkpoints.keep_backed_up_epochs(str(tmp_path / "absent.csv"), str(backup))  # no table
+    checkpoints.keep_backed_up_epochs(str(tmp_path / "absent.csv"), str(backup), 4)  # no table
 
 
 # 5. The layouts people have.

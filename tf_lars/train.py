@@ -189,7 +189,7 @@ def callbacks_for(chief, bad_records, d):
         # written before the backup that ends the epoch, so a kill between
         # the two repeats the row rather than losing it.
         history = os.path.join(out, "history.csv")
-        checkpoints.keep_backed_up_epochs(history, backup.backup_dir)
+        checkpoints.keep_backed_up_epochs(history, backup.backup_dir, d["steps_per_epoch"])
         table = keras.callbacks.CSVLogger(history, append=True)
         callbacks.insert(callbacks.index(backup), table)
         if engine.has_tensorflow():  # (both write event files with tf.summary)
@@ -227,9 +227,7 @@ def fit(model, train_data, d, callbacks, eval_ds, backup, stopper):
     from tf_lars.training import checkpoints
 
     spe = d["steps_per_epoch"]
-    saved = checkpoints.read_backup(backup.backup_dir) or {}
-    epoch, batch = saved.get("epoch", 0), saved.get("batch", 0)
-    epoch, batch = (epoch + 1, 0) if batch >= spe else (epoch, batch)  # a whole epoch
+    epoch, batch = checkpoints.resume_position(backup.backup_dir, spe)
     args = dict(validation_data=eval_ds if FLAGS.eval_every_epochs else None,
                 validation_steps=d["eval_steps"],
                 validation_freq=max(1, FLAGS.eval_every_epochs), callbacks=callbacks,

@@ -65,6 +65,7 @@ The recipe (flagfile, schedule, optimizer, model) is the trainer's own:
 """
 
 import argparse
+import collections
 import concurrent.futures
 import dataclasses
 import json
@@ -620,9 +621,7 @@ def report_so_far(plan, runs_dir, output_dir, batch_sizes, every, epochs, warmup
         sys.exit(f"large_batch_study: error: --report_only: no run of this study is recorded "
                  f"in {runs_dir}: run the study first, or give its --runs_dir")
     chosen = choose(results)
-    planned = {}
-    for run in plan:
-        planned[(run.method, run.batch_size)] = planned.get((run.method, run.batch_size), 0) + 1
+    planned = collections.Counter((run.method, run.batch_size) for run in plan)
     total = planned_total(plan, batch_sizes, every, FLAGS.seeds)
     results.update(recorded(more_seeds(chosen, batch_sizes if every else [max(batch_sizes)],
                                        FLAGS.seeds, baseline=every), runs_dir))

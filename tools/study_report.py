@@ -5,6 +5,7 @@ the trainer's summary of it (None when it diverged), `chosen` each
 (method, batch size) to the trial chosen on the held-out images.
 """
 
+import collections
 import csv
 import math
 import os
@@ -73,9 +74,7 @@ def machine_of(summary):
 
 def machines(results):
     """'Made on 2 CPU cores (12 runs)', over the runs that did not diverge."""
-    counts = {}
-    for name in (machine_of(s) for s in results.values() if s is not None):
-        counts[name] = counts.get(name, 0) + 1
+    counts = collections.Counter(machine_of(s) for s in results.values() if s is not None)
     return "Machines: " + "; ".join(f"{m} ({n} runs)" for m, n in sorted(counts.items())) + "."
 
 

@@ -100,7 +100,15 @@ def read_backup(backup_dir):
     return None if text is None else json.loads(text)
 
 
-def keep_backed_up_epochs(history_path, backup_dir):
+def resume_position(backup_dir, steps_per_epoch):
+    """`(epoch, batch)` a run resumes at from the backup in `backup_dir`: (0, 0)
+    without one; a backup made after an epoch's last batch resumes at the next."""
+    saved = read_backup(backup_dir) or {}
+    epoch, batch = saved.get("epoch", 0), saved.get("batch", 0)
+    return (epoch + 1, 0) if batch >= steps_per_epoch else (epoch, batch)
+
+
+def keep_backed_up_epochs(history_path, backup_dir, steps_per_epoch):
     """Drops the rows of `history_path` (a CSVLogger's table) for the epochs
     a run resuming from `backup_dir` trains again: a run stopped inside an
     epoch logged that part of it, and one killed after an epoch's row but
@@ -111,7 +119,7 @@ def keep_backed_up_epochs(history_path, backup_dir):
     text = _read_text(history_path)
     if not text:
         return
-    resumes_in = (read_backup(backup_dir) or {}).get("epoch", 0)
+    resumes_in, _ = resume_position(backup_dir, steps_per_epoch)
     lines = text.splitlines(keepends=True)
     column = next(csv.reader(lines[:1])).index("epoch")
     kept = [line for row, line in zip(csv.reader(lines[1:]), lines[1:])
