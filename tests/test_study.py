@@ -246,6 +246,52 @@ def test_a_bad_trainer_flag_fails_before_any_run(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_chosen_trial_on_its_grids_edge_gets_one_run_a_step_past_it():
+    plan = study.first_plan(256, [2048, 4096], ["0.05", "0.1", "0.2"],
+                            ["1:0.02", "2:0.02", "4:0.02", "2:0.01"], ["sgd", "nesterov", "lars"],
+                            ["0.05", "0.1", "0.2"])
+    pick = {(r.method, r.batch_size, r.trial): r for r in plan}
+    chosen = {("baseline", 256): pick[("baseline", 256, "0.05")],    # not a large batch
+              ("sgd", 2048): pick[("sgd", 2048, "0.1")],             # inside its grid
+              ("nesterov", 2048): pick[("nesterov", 2048, "0.05")],  # its lowest
+              ("nesterov", 4096): pick[("nesterov", 4096, "0.2")],   # its highest
+              ("lars", 2048): pick[("lars", 2048, "2:0.01")],        # alone with its eta
+              ("lars", 4096): pick[("lars", 4096, "1:0.02")]}        # lowest with its eta
+    edges = {(r.method, r.batch_size): r for r in study.beyond_edges(chosen, plan)}
+    assert sorted(edges) == [("lars", 4096), ("nesterov", 2048), ("nesterov", 4096)]
+    # A step is the ratio to the neighbour: 0.05 / 0.1 below, 0.2 / 0.1 above;
+    # the linear rule from 256 and LARS's square root from 1024 as in the grid.
+    assert (edges[("nesterov", 2048)].trial, edges[("nesterov", 2048)].learning_rate) == (
+        "0.025", pytest.approx(0.025 * 2048 / 256))
+    assert (edges[("nesterov", 4096)].trial, edges[("nesterov", 4096)].learning_rate) == (
+        "0.4", pytest.approx(0.4 * 4096 / 256))
+    lars = edges[("lars", 4096)]
+    assert (lars.trial, lars.learning_rate, lars.trust_coefficient, lars.seed) == (
+        "0.5:0.02", pytest.approx(0.5 * 2), 0.02, 1)
+    assert study.edges_dir_of("docs/study-full15/runs/") == "docs/study-full15/runs-edges"
+
+
+def test_the_edge_table_says_whether_the_grid_held():
+    low = study.Run("nesterov", 2048, 0.4, None, 1, "0.05")
+    high = study.Run("lars", 2048, 5.657, 0.02, 1, "4:0.02")
+    sgd = study.Run("sgd", 4096, 0.8, None, 1, "0.05")
+    results = {low: dict(top1=0.90), high: dict(top1=0.88), sgd: dict(top1=0.70)}
+    chosen = {("nesterov", 2048): low, ("lars", 2048): high, ("sgd", 4096): sgd}
+    edges = {study.Run("nesterov", 2048, 0.2, None, 1, "0.025"): dict(top1=0.9012,
+                                                                      test_top1=0.8876),
+             study.Run("lars", 2048, 11.31, 0.02, 1, "8:0.02"): dict(top1=0.8799,
+                                                                     test_top1=0.95),
+             study.Run("sgd", 4096, 0.4, None, 1, "0.025"): None}
+    rows = study_report.edge_table(results, chosen, edges).splitlines()[2:]
+    assert rows == [
+        f"| 2048 | {study_report.LABELS['lars']} | lr 4 @1K, eta 0.02: 88.00 "
+        "| lr 8 @1K, eta 0.02 (peak 11.31) | 87.99 | 95.00 | wide enough |",
+        f"| 2048 | {study_report.LABELS['nesterov']} | lr 0.05 @256: 90.00 "
+        "| lr 0.025 @256 (peak 0.2) | 90.12 | 88.76 | too narrow: better past its edge |",
+        f"| 4096 | {study_report.LABELS['sgd']} | lr 0.05 @256: 70.00 "
+        "| lr 0.025 @256 (peak 0.4) | diverged | | wide enough |"]
+
+
 def test_bad_trials_are_named():
     with pytest.raises(ValueError, match="same number"):
         study.check_args(["0.1"], ["3:0.01", "6:0.01"], [1024])
@@ -361,3 +407,49 @@ def test_a_tiny_study_in_memory_on_jax(tmp_path):
     assert "Keras jax backend" in (tmp_path / "docs" / "results.md").read_text()
     (summary,) = (tmp_path / "runs").glob("lars_b100_*_s1/summary.json")
     assert json.loads(summary.read_text())["backend"] == "jax"
+
+
+@pytest.mark.heavy
+def test_edge_checks_run_past_the_edges_beside_the_study(tmp_path):
+    """--edge_checks on a grid of 2 trials (every choice on an edge), with
+    --jobs=2: each run a process of the tool, which must write where it is told."""
+    pytest.importorskip("matplotlib")
+    from test_tools import generated_idx
+
+    idx = generated_idx(tmp_path / "idx", 260, 40)
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    result = run_study("--engine=arrays", f"--idx_dir={idx}", "--holdout=60",
+                       f"--runs_dir={runs}", f"--output_dir={docs}", "--jobs=2",
+                       "--edge_checks", "--baseline_batch=20", "--batch_sizes=100",
+                       "--sgd_rates=0.1,0.2", "--lars_trials=1:0.01,2:0.01", "--seeds=1",
+                       "--epochs=1", "--warmup_epochs=0.5", "--trainer_flags=--eval_batch_size=20",
+                       JAX_PLATFORMS="cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len([d for d in runs.iterdir() if (d / "summary.json").exists()]) == 6
+    with open(docs / "runs.csv") as f:
+        chosen = {r["method"]: float(r["trial"].split(":")[0])
+                  for r in csv.DictReader(f) if r["chosen"] == "True" and r["method"] != "baseline"}
+    # One step past each choice: half the lower rate, or twice the higher.
+    past = {m: {0.1: 0.05, 0.2: 0.4, 1.0: 0.5, 2.0: 4.0}[r] for m, r in chosen.items()}
+    edges_dir = tmp_path / "runs-edges"
+    names = sorted(d.name for d in edges_dir.iterdir() if (d / "summary.json").exists())
+    assert names == sorted(
+        [f"sgd_b100_lr{past['sgd'] * 100 / 256:.4g}_s1",
+         f"lars_b100_lr{past['lars'] * math.sqrt(100 / 1024):.4g}_eta0.01_s1"])
+    text = (docs / "results.md").read_text()
+    edge_rows = [line for line in text.splitlines() if "a step past the edge" in line or
+                 "(peak " in line]
+    assert len(edge_rows) == 3 and study_report.EDGES_NOTE in text
+    for name in names:
+        summary = json.loads((edges_dir / name / "summary.json").read_text())
+        assert any(f"| {100 * summary['top1']:.2f} | {100 * summary['test_top1']:.2f} |" in row
+                   for row in edge_rows), (name, edge_rows)
+    # --report_only reads them back from the records alone.
+    (docs / "results.md").unlink()
+    again = run_study("--engine=arrays", f"--idx_dir={idx}", "--holdout=60",
+                      f"--runs_dir={runs}", f"--output_dir={docs}", "--report_only",
+                      "--baseline_batch=20", "--batch_sizes=100", "--sgd_rates=0.1,0.2",
+                      "--lars_trials=1:0.01,2:0.01", "--seeds=1", "--epochs=1",
+                      "--warmup_epochs=0.5", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (docs / "results.md").read_text().split("\n", 1)[1] == text.split("\n", 1)[1]

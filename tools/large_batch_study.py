@@ -51,6 +51,11 @@ time, each in its own process: meant for a GPU, which one small run leaves
 mostly idle (on 2 CPU cores, two trainer runs at a time with one thread
 each were only 1.09x as fast as one after the other).
 
+--edge_checks then runs, for each chosen trial that is its grid's smallest
+or largest rate, one run (seed 1) a grid step further, in <runs_dir>-edges:
+reported in a table of their own, they say whether the grid was wide enough
+and never change the choice.
+
 --engine=arrays trains in this process instead (with --jobs, in processes
 of this tool), on any Keras backend and without TensorFlow (the JAX backend
 on a GPU machine): the IDX files are read into memory (--idx_dir), split
@@ -135,6 +140,9 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "Where the CSV, table and plots go (default: "
                         "the form's, else docs/study).")
     flags.DEFINE_list("trainer_flags", [], "More flags for every run (e.g. --cpu_devices=2).")
+    flags.DEFINE_boolean("edge_checks", False, "After the sweep, one run (seed 1) a grid "
+                         "step past each chosen trial that sits on its grid's edge, in "
+                         "<runs_dir>-edges; reported apart, never part of the choice.")
     flags.DEFINE_boolean("dry_run", False, "Print the plan's commands and stop.")
     flags.DEFINE_boolean("report_only", False, "Run nothing: write the CSV, table and plots "
                          "from the runs recorded so far (a study under way, or recorded on "
@@ -217,6 +225,41 @@ def choose(results):
         if key not in best or summary["top1"] > results[best[key]]["top1"]:
             best[key] = run
     return best
+
+
+def beyond_edges(chosen, plan):
+    """Runs one grid step past the edge, one for each chosen trial that sits
+    on its grid's edge: seed 1, at the rate a step below the lowest trial (or
+    above the highest) of its point, the step being the ratio of that trial to
+    its neighbour (LARS: among the trials with the chosen eta). They do not
+    take part in the choice; they say whether the grid was wide enough.
+    """
+    out = []
+    for (method, batch), pick in sorted(chosen.items()):
+        if method == "baseline":
+            continue
+        grid = sorted({_base_rate(r.trial) for r in plan if r.seed == 1 and
+                       (r.method, r.batch_size, r.trust_coefficient) ==
+                       (method, batch, pick.trust_coefficient)})
+        rate = _base_rate(pick.trial)
+        if len(grid) < 2 or rate not in (grid[0], grid[-1]):
+            continue
+        step = rate / (grid[1] if rate == grid[0] else grid[-2])
+        trial = f"{rate * step:.6g}"
+        if method == "lars":
+            trial += ":" + pick.trial.split(":")[1]
+        out += trials(method, batch, [trial], [trial], nesterov_rates=[trial])
+    return out
+
+
+def _base_rate(trial):
+    """A trial's rate as given ("0.1" or LARS's "2:0.02" -> 2.0)."""
+    return float(trial.split(":")[0])
+
+
+def edges_dir_of(runs_dir):
+    """Where the runs past the grid's edges go: beside the study's runs."""
+    return runs_dir.rstrip("/" + os.sep) + "-edges"
 
 
 def more_seeds(chosen, batch_sizes, seeds, baseline=False):
@@ -354,8 +397,9 @@ def run_trainer(run, run_dir, data_dir, info, epochs, warmup_epochs, extra):
 
 def run_spec_process(run, run_dir, jobs):
     """--jobs with --engine=arrays: `run` in a new process of this tool, same flags."""
-    argv = [a for a in sys.argv[1:] if not a.startswith(("--jobs", "--run_spec"))]
+    argv = [a for a in sys.argv[1:] if not a.startswith(("--jobs", "--run_spec", "--runs_dir"))]
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--jobs=1",
+           f"--runs_dir={os.path.dirname(run_dir)}",  # the study's, or its edges' folder
            f"--run_spec={json.dumps(dataclasses.asdict(run))}"]
     # JAX takes 75% of a GPU's memory by default: share it out instead.
     share = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / jobs:.3f}")
@@ -573,6 +617,9 @@ def main(argv):
             if (every or batch == max(batch_sizes)) and FLAGS.seeds > 1:
                 print(f"# then seeds 2..{FLAGS.seeds} of each method's chosen trial at "
                       f"batch {batch}")
+        if FLAGS.edge_checks:
+            print(f"# then one run a grid step past each chosen trial on its grid's edge, "
+                  f"in {edges_dir_of(runs_dir)}")
         return
     if FLAGS.report_only:
         report_so_far(plan, runs_dir, output_dir, batch_sizes, every, epochs, warmup, bn_note,
@@ -593,11 +640,15 @@ def main(argv):
         results = sweep(plan, batch_sizes, every, FLAGS.seeds,
                         lambda runs: execute_all(runs, FLAGS.jobs, *common, counter=counter))
         chosen = choose(results)
+        edges, edges_dir = beyond_edges(chosen, plan), edges_dir_of(runs_dir)
+        edges = (execute_all(edges, FLAGS.jobs, edges_dir, *common[1:],
+                             counter=[0, len(edges)]) if FLAGS.edge_checks else
+                 recorded(edges, edges_dir))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"large_batch_study: error: {e}")
     print(report(results, chosen, runs_dir, output_dir, FLAGS.baseline_batch,
                  batch_sizes, header(info, epochs, warmup, bn_note), methods,
-                 epochs=epochs))
+                 epochs=epochs, edges=edges))
 
 
 def header(info, epochs, warmup, bn_note, progress=""):
@@ -632,8 +683,10 @@ def report_so_far(plan, runs_dir, output_dir, batch_sizes, every, epochs, warmup
     progress = ("" if len(results) == total else
                 f"**Under way: {len(results)} of its {total} runs recorded**; a chosen trial "
                 "may change while its point's trials are missing. ")
+    edges = recorded(beyond_edges(chosen, plan), edges_dir_of(runs_dir))
     print(report(results, chosen, runs_dir, output_dir, FLAGS.baseline_batch, batch_sizes,
-                 header(info, epochs, warmup, bn_note, progress), methods, planned, epochs))
+                 header(info, epochs, warmup, bn_note, progress), methods, planned, epochs,
+                 edges))
 
 
 if __name__ == "__main__":

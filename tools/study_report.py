@@ -152,9 +152,7 @@ def table(results, chosen, baseline_batch, batch_sizes, methods=("sgd", "lars"),
                 lines.append(f"{first} every trial diverged{so_far} | | | | |")
                 continue
             s = results[pick]
-            trial = (f"lr {pick.trial.split(':')[0]} @1K, eta {pick.trust_coefficient:g}"
-                     if method == "lars" else f"lr {pick.trial} @256")
-            lines.append(f"{first} {trial}{so_far} | {pick.learning_rate:.4g} "
+            lines.append(f"{first} {_trial(pick)}{so_far} | {pick.learning_rate:.4g} "
                          f"| {100 * s['top1']:.2f} | {_mean(scores[key])} "
                          f"| {s['steps']} |")
     lines += ["", "| method | largest batch within 1 point of the baseline (mean test top-1) |",
@@ -285,14 +283,47 @@ def _curves(results, chosen, runs_dir, baseline_batch, largest, output_dir, meth
     return name
 
 
+def _trial(run):
+    return (f"lr {run.trial.split(':')[0]} @1K, eta {run.trust_coefficient:g}"
+            if run.method == "lars" else f"lr {run.trial} @256")
+
+
+def edge_table(results, chosen, edges):
+    """The markdown table of the runs past the grid's edges (`edges` maps each
+    to its summary, None when it diverged): did the edge hold?"""
+    lines = ["| batch | method | chosen trial: held-out top-1 % | a step past the edge "
+             "| held-out top-1 % | test top-1 % | the grid |", "|---|---|---|---|---|---|---|"]
+    for run, s in sorted(edges.items(), key=lambda kv: (kv[0].batch_size, kv[0].method)):
+        pick = chosen[(run.method, run.batch_size)]
+        held = results[pick]["top1"]
+        first = (f"| {run.batch_size} | {LABELS[run.method]} | {_trial(pick)}: "
+                 f"{100 * held:.2f} | {_trial(run)} (peak {run.learning_rate:.4g}) |")
+        if s is None:
+            lines.append(f"{first} diverged | | wide enough |")
+            continue
+        verdict = ("too narrow: better past its edge" if s["top1"] > held else
+                   "wide enough")
+        lines.append(f"{first} {100 * s['top1']:.2f} | {100 * s['test_top1']:.2f} "
+                     f"| {verdict} |")
+    return "\n".join(lines)
+
+
+EDGES_NOTE = ("Past the grid's edges: where a chosen trial is its grid's smallest or "
+              "largest rate, one run (seed 1) a grid step further. These runs take no part "
+              "in the choice above; a better held-out accuracy past the edge means that "
+              "method was tuned too narrowly there.")
+
+
 def report(results, chosen, runs_dir, output_dir, baseline_batch, batch_sizes, header,
-           methods=("sgd", "lars"), planned=None, epochs=None):
+           methods=("sgd", "lars"), planned=None, epochs=None, edges=None):
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
         out = csv.DictWriter(f, CSV_FIELDS)
         out.writeheader()
         out.writerows(rows(results, chosen))
     text = table(results, chosen, baseline_batch, batch_sizes, methods, planned)
+    if edges:
+        text += "\n\n" + EDGES_NOTE + "\n\n" + edge_table(results, chosen, edges)
     names = plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir, methods,
                   epochs)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
