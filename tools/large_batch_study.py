@@ -640,10 +640,10 @@ def main(argv):
         results = sweep(plan, batch_sizes, every, FLAGS.seeds,
                         lambda runs: execute_all(runs, FLAGS.jobs, *common, counter=counter))
         chosen = choose(results)
-        edges, edges_dir = beyond_edges(chosen, plan), edges_dir_of(runs_dir)
-        edges = (execute_all(edges, FLAGS.jobs, edges_dir, *common[1:],
-                             counter=[0, len(edges)]) if FLAGS.edge_checks else
-                 recorded(edges, edges_dir))
+        past, edges_dir = beyond_edges(chosen, plan), edges_dir_of(runs_dir)
+        edges = (execute_all(past, FLAGS.jobs, edges_dir, *common[1:],
+                             counter=[0, len(past)]) if FLAGS.edge_checks else
+                 recorded(past, edges_dir))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"large_batch_study: error: {e}")
     print(report(results, chosen, runs_dir, output_dir, FLAGS.baseline_batch,
