@@ -274,6 +274,6 @@ def test_trainer_pipelines_turn_autotuning_off_only_when_asked(tmp_path):
 def test_one_device_without_a_gpu_is_the_default_strategy():
     # No per-device copy of the input pipeline (whose iterators autotune
     # whatever the dataset's options say).
-    from tf_lars.training import strategy
+    from tf_lars.training.engines import tensorflow as strategy
 
     assert strategy.make("one_device") is tf.distribute.get_strategy()

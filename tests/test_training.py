@@ -121,7 +121,7 @@ def test_deterministic_needs_a_seed(tmp_path):
 DETERMINISM_CHECK = """
 import sys
 import numpy as np, tensorflow as tf, keras, tf_lars
-from tf_lars.training import strategy
+from tf_lars.training.engines import tensorflow as strategy
 strategy.make_deterministic()
 keras.utils.set_random_seed(0)
 model = tf_lars.models.build("resnet8", num_classes=10, image_size=28, channels=1)

@@ -94,33 +94,6 @@ class TrainingMonitor(keras.callbacks.Callback):
         self._writer.close()
 
 
-class StopAtStep(keras.callbacks.Callback):
-    """Ends training after `total_steps` batches, inside an epoch if need be.
-
-    `fit` runs whole epochs of `steps_per_epoch` batches; a run whose length
-    (--train_steps) is not a whole number of epochs stops in its last one.
-    `first_batch`: batches of the first epoch trained before this `fit` (a
-    run resumed inside an epoch).
-    """
-
-    def __init__(self, total_steps, steps_per_epoch):
-        super().__init__()
-        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
-        self.epoch = 0
-        self.first_batch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.first_batch = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        done = self.epoch * self.steps_per_epoch + self.first_batch + batch + 1
-        if done >= self.total_steps:
-            self.model.stop_training = True
-
-
 class SkippedRecords(keras.callbacks.Callback):
     """Says on the console what the input pipelines skipped, when it grows.
 

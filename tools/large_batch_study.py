@@ -496,37 +496,38 @@ class InMemory:
         import keras
         import tf_lars  # noqa: F401 (registers LARS and the schedules)
         from tf_lars.data import arrays
-        from tf_lars.training import engine, precise_bn, recipe
+        from tf_lars.training import engines, precise_bn, recipe
+        from tf_lars.training.summary import Summary
 
         counts = self.info["examples"]
         cfg = trainer_flags(command(run, run_dir, "", self.info, epochs, warmup_epochs,
                                     extra)[3:])
         data = argparse.Namespace(**vars(self.DATA), train_examples=counts["train"],
                                   eval_examples=counts["holdout"])
-        d = recipe.derive(cfg, data, 1)
+        plan = recipe.derive(cfg, data, 1)
         keras.backend.clear_session()  # (it resets the dtype policy: set it after)
         keras.utils.set_random_seed(run.seed)
         if cfg.mixed_precision != "none":
             keras.config.set_dtype_policy(cfg.mixed_precision)
         model = recipe.model(cfg, data)
         trained = arrays.with_augmentation(model, seed=run.seed)
-        trained.compile(**recipe.compile_args(d, cfg))
+        trained.compile(**recipe.compile_args(plan, cfg))
 
         def batches(split, training):
             images, labels = self.splits[split]
-            return arrays.Batches(images, labels, cfg.batch_size if training else d["eval_batch"],
+            return arrays.Batches(images, labels, cfg.batch_size if training else plan.eval_batch,
                                   10, training, seed=run.seed)
 
         callbacks = [keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
                      keras.callbacks.TerminateOnNaN()]
-        if d["precise_bn_steps"]:  # On training images without augmentation.
+        if plan.precise_bn_steps:  # On training images without augmentation.
             pooled = batches("train", True)
             callbacks.append(precise_bn.PreciseBN(
-                model, pooled, min(d["precise_bn_steps"], len(pooled))))
+                model, pooled, min(plan.precise_bn_steps, len(pooled))))
         os.makedirs(run_dir, exist_ok=True)
         start = time.time()
         fitted = trained.fit(
-            batches("train", True), epochs=d["epochs"], validation_data=batches("holdout", False),
+            batches("train", True), epochs=plan.epochs, validation_data=batches("holdout", False),
             verbose=0, callbacks=callbacks)
         seconds = time.time() - start
         if not np.all(np.isfinite(fitted.history["loss"])):
@@ -537,29 +538,23 @@ class InMemory:
         held = {k: fitted.history[f"val_{k}"][-1] for k in ("accuracy", "top5", "loss")}
         test = trained.evaluate(batches("validation", False), return_dict=True, verbose=0)
         steps = int(keras.ops.convert_to_numpy(trained.optimizer.iterations))
-        summary = dict(top1=held["accuracy"], top5=held["top5"], loss=held["loss"], steps=steps,
-                       wall_seconds=seconds, wall_seconds_in_all=seconds,
-                       images_per_second=steps * cfg.batch_size / seconds,
-                       eval_split="holdout", test_split="validation",
-                       test_top1=test["accuracy"], test_top5=test["top5"],
-                       test_loss=test["loss"], backend=keras.backend.backend(),
-                       machine=engine.machine())
+        summary = Summary(top1=held["accuracy"], top5=held["top5"], loss=held["loss"],
+                          steps=steps, eval_split="holdout", wall_seconds=seconds,
+                          wall_seconds_in_all=seconds,
+                          images_per_second=steps * cfg.batch_size / seconds,
+                          epochs_run=len(fitted.epoch), backend=keras.backend.backend(),
+                          machine=engines.machine(), test_split="validation",
+                          test_top1=test["accuracy"], test_top5=test["top5"],
+                          test_loss=test["loss"])
         model.save(os.path.join(run_dir, "model.keras"))
-        with open(os.path.join(run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        summary.write(run_dir)
 
 
 def trainer_flags(args):
-    """The trainer's flags (`flags.FlagValues`) as `args` set them, flagfiles included."""
-    from absl import flags as absl_flags
+    """The trainer's config (`TrainConfig`) as `args` set them, flagfiles included."""
+    from tf_lars.training import config
 
-    from tf_lars.training import flagfiles
-    from tf_lars.training import flags as train_flags
-
-    cfg = absl_flags.FlagValues()
-    train_flags.define(cfg)
-    cfg(flagfiles.expand(["study", *args]))
-    return cfg
+    return config.from_args(args)
 
 
 def batch_norm_note(extra):

@@ -66,9 +66,9 @@ def wall_seconds(summary):
 
 def machine_of(summary):
     """The machine a run's summary names ('not recorded' before summaries did)."""
-    from tf_lars.training import engine
+    from tf_lars.training import engines
 
-    return engine.describe_machine(summary["machine"]) if "machine" in summary else \
+    return engines.describe_machine(summary["machine"]) if "machine" in summary else \
         "not recorded"
 
 

@@ -142,14 +142,16 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     also records the training seconds so far, over every process the run
     was resumed through (`seconds_in_all`).
 
-    `every_steps` > 0 also backs up every that many steps; `steps_per_epoch`
-    tells a backup at an epoch's last batch to resume in the next epoch.
+    `every_steps` > 0 also backs up every that many steps, at the run's
+    `position` (a `position.Position`); `steps_per_epoch` tells a backup at
+    an epoch's last batch to resume in the next epoch.
     """
 
     def __init__(self, backup_dir, chief=True, every_steps=0, steps_per_epoch=None,
-                 mirror_dir=None, **kwargs):
+                 mirror_dir=None, position=None, **kwargs):
         super().__init__(backup_dir, **kwargs)
         self.chief = chief
+        self.position = position
         # Under JAX with several processes, saving reads the model's state in
         # collectives that every process must join: the other processes save
         # the same weights here (their scratch folder) when the chief backs up.
@@ -158,8 +160,6 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.steps_per_epoch = steps_per_epoch
         self.resumed_from_epoch = None
         self.resumed_at_step = 0  # the optimizer's iteration count when restored
-        self.first_batch = 0      # batches of the first epoch trained before this fit
-        self._epoch = 0
         self._last_saved = None
         self.final = False  # True: the last backup is made (the run stops inside an epoch)
         self.seconds_before = 0.0  # training seconds of the processes resumed from
@@ -181,16 +181,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             if self.resumed_from_epoch is not None:
                 self.resumed_at_step = self._steps()
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
     def on_epoch_end(self, epoch, logs=None):
-        self.first_batch = 0
         self.save(epoch + 1, 0)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every_steps and self._steps() % self.every_steps == 0:
-            self.save(self._epoch, self.first_batch + batch + 1)
+            self.save(self.position.epoch, self.position.batch)
 
     def save(self, epoch, batch):
         """Backs up now: `batch` batches of `epoch` are trained (chief only)."""

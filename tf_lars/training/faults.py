@@ -8,6 +8,7 @@
 * `explain`: one line for the errors a user can act on (bad input under
   `--strict_data`, a split with no usable record, a worker that stopped
   answering), naming the flag or file and what to do.
+* `worker_failure`: which peer a collective's or coordination error blames.
 """
 
 import re
@@ -46,7 +47,6 @@ class Preemption(keras.callbacks.Callback):
         self._calls = 0  # batches ended in this process (the sync point counts them)
         self.stop_at = None        # the agreed step
         self.stopped_at = None     # the step backed up when stopping
-        self._epoch = 0
         self._previous = None
 
     def _steps(self):
@@ -77,9 +77,6 @@ class Preemption(keras.callbacks.Callback):
         except Exception:  # noqa: BLE001 (the service ended with the run)
             pass
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
     def on_train_batch_end(self, batch, logs=None):
         if self.sync_point is not None:
             # Every process calls it after every batch, from the same start.
@@ -88,7 +85,8 @@ class Preemption(keras.callbacks.Callback):
                 return
         elif self.stop_at is None or self._steps() < self.stop_at:
             return
-        self.backup.save(self._epoch, self.backup.first_batch + batch + 1)
+        position = self.backup.position
+        self.backup.save(position.epoch, position.batch)
         self.backup.final = True  # (Keras still ends the epoch: not a whole one)
         self.stopped_at = self._steps()
         self.model.stop_training = True
@@ -115,3 +113,34 @@ def worker_failure(error, this_task):
     tasks = [f"{job} {task}" for job, task in _TASK.findall(text)]
     others = [t for t in dict.fromkeys(tasks) if t != this_task]
     return others[0] if others else ""
+
+
+def explain(error, data, engine, bad_records, backup_dir):
+    """The one line for an error the user can act on, or None.
+
+    Input faults (`pipeline.explain`: bad records under --strict_data, a
+    split with no usable record) name the shard and the flags; a peer that
+    stopped answering (the engine judges the error) names it and where the
+    last backup stands.
+    """
+    if data.data_format != "synthetic":  # (synthetic data has no shards to blame)
+        from tf_lars.data import pipeline, schema
+
+        offset = data.label_offset
+        if offset is None:
+            offset = schema.get(data.schema).label_offset
+        line = pipeline.explain(error, data.data_dir, data.num_classes, offset, bad_records)
+        if line:
+            return line
+    lost = engine.lost_peer(error)
+    if lost is None:
+        return None
+    from tf_lars.training import checkpoints
+
+    saved = checkpoints.read_backup(backup_dir)
+    where = (f"the last backup is at step {saved['step']} (epoch {saved['epoch'] + 1}"
+             f"{', batch %d' % saved['batch'] if saved.get('batch') else ''})"
+             if saved and "step" in saved else "no backup was made yet")
+    return (f"{lost or 'another ' + engine.peer} stopped answering ({type(error).__name__}); "
+            f"{where} in {backup_dir}: start all {engine.peers} again with the same command "
+            "to resume")

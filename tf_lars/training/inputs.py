@@ -5,6 +5,8 @@ synthetic data runs without it (`SyntheticBatches`).
 """
 
 import dataclasses
+import sys
+from typing import Any
 
 import keras
 import numpy as np
@@ -83,6 +85,45 @@ def spec(data_format, data_dir=None, eval_split="validation", **given):
             f"--channels={data.channels}: use --preset=small for 1-channel images, "
             "or set --channels to the preset's") from None
     return data
+
+
+def spec_of(cfg: Any) -> DataSpec:
+    """The `DataSpec` of a `TrainConfig`."""
+    return spec(
+        cfg.data_format, cfg.data_dir, image_size=cfg.image_size, channels=cfg.channels,
+        num_classes=cfg.num_classes, preset=cfg.preset, train_examples=cfg.train_examples,
+        eval_examples=cfg.eval_examples, label_offset=cfg.label_offset, strict=cfg.strict_data,
+        eval_split=cfg.eval_split, cache_eval=cfg.cache_eval,
+        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+
+
+def check_splits(data: DataSpec, cfg: Any) -> None:
+    """Missing shards fail now, not mid-run; a split whose shards hold far
+    more or fewer records than its size says gets a warning."""
+    if data.data_format == "synthetic":
+        return
+    from tf_lars.data import pipeline
+
+    splits = ["train", cfg.eval_split] + ([cfg.test_split] if cfg.test_split else [])
+    for split in splits:
+        files = pipeline.list_files(data.data_dir, split, data.schema)
+        if data.data_format != "tfds" and split in ("train", cfg.eval_split):
+            _check_size(split, files, data, cfg)
+
+
+def _check_size(split: str, files: list[str], data: DataSpec, cfg: Any) -> None:
+    """Warns when the size of `split` is far from its shards' (estimated)."""
+    from tf_lars.data import pipeline
+
+    flag = "train_examples" if split == "train" else "eval_examples"
+    given = getattr(data, flag)
+    estimate = pipeline.estimate_records(files)
+    if estimate and not estimate / 1.5 <= given <= estimate * 1.5:
+        source = "" if getattr(cfg, flag) is not None else f" (the {data.data_format} default)"
+        print(f"tf-lars-train: warning: --{flag}={given}{source}, but the {split} shards hold "
+              f"about {estimate:,} records (estimated from their size): pass --{flag} with "
+              "the split's size, or an epoch and the schedule will not mean what they say",
+              file=sys.stderr, flush=True)
 
 
 def _one_hot(num_classes):

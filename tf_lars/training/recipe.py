@@ -1,12 +1,18 @@
-"""The training recipe: steps, schedule, optimizer and model from the run's settings.
+"""The training recipe: plan, schedule, optimizer and model from a `TrainConfig`.
 
-`cfg` is anything with the training flags as attributes: absl's FLAGS in
-`tf-lars-train`, a namespace elsewhere (tools/large_batch_study.py's
-in-memory engine), so both build exactly the same model and optimizer.
-`data` is anything with the data's sizes as attributes (a `DataSpec`).
+The trainer and the study's in-memory runner both build their run from
+these functions, so both train exactly the same model with the same
+optimizer. `data` is anything with the data's sizes as attributes (a
+`DataSpec`).
 """
 
-def derive(cfg, data, num_replicas):
+from __future__ import annotations
+
+from typing import Any
+
+from tf_lars.training.config import Plan, TrainConfig
+
+def derive(cfg: TrainConfig, data: Any, num_replicas: int) -> Plan:
     """Steps and rates that follow from `cfg` and the data, each with its reason."""
     batch = cfg.batch_size
     if batch % num_replicas:
@@ -45,35 +51,35 @@ def derive(cfg, data, num_replicas):
                          "give a number of training images, or 0 to keep the moving averages")
     # Whole training batches that cover --precise_bn_images.
     precise_bn_steps = -(-cfg.precise_bn_images // batch)
-    return dict(test_steps=test_steps, precise_bn_steps=precise_bn_steps,
+    return Plan(test_steps=test_steps, precise_bn_steps=precise_bn_steps,
                 steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                 epochs=-(-total_steps // steps_per_epoch), peak_learning_rate=peak,
                 warmup_steps=warmup_steps, eval_steps=eval_steps, eval_batch=eval_batch,
                 replicas=num_replicas, per_replica_batch=batch // num_replicas)
 
 
-def schedule(d, cfg):
+def schedule(plan: Plan, cfg: TrainConfig) -> Any:
     """The learning-rate schedule: warmup, then `cfg.schedule`'s decay."""
     from tf_lars import schedules
 
     if cfg.schedule == "poly":
         return schedules.WarmupPolynomialDecay(
-            d["peak_learning_rate"], d["total_steps"], d["warmup_steps"],
+            plan.peak_learning_rate, plan.total_steps, plan.warmup_steps,
             power=cfg.poly_power, end_learning_rate=cfg.end_learning_rate)
     if cfg.schedule == "cosine":
         return schedules.warmup_cosine_decay(
-            d["peak_learning_rate"], d["total_steps"], d["warmup_steps"],
+            plan.peak_learning_rate, plan.total_steps, plan.warmup_steps,
             end_learning_rate=cfg.end_learning_rate)
-    boundaries = [round(float(e) * d["steps_per_epoch"]) for e in cfg.step_epochs]
-    values = [d["peak_learning_rate"] * 0.1 ** i for i in range(len(boundaries) + 1)]
-    return schedules.WarmupPiecewiseConstant(boundaries, values, d["warmup_steps"])
+    boundaries = [round(float(e) * plan.steps_per_epoch) for e in cfg.step_epochs]
+    values = [plan.peak_learning_rate * 0.1 ** i for i in range(len(boundaries) + 1)]
+    return schedules.WarmupPiecewiseConstant(boundaries, values, plan.warmup_steps)
 
 
-def optimizer(d, cfg):
+def optimizer(plan: Plan, cfg: TrainConfig) -> Any:
     """`tf_lars.LARS`, or momentum SGD (`cfg.optimizer`: "sgd", "nesterov")."""
     from tf_lars import LARS
 
-    kwargs = dict(learning_rate=schedule(d, cfg), momentum=cfg.momentum,
+    kwargs = dict(learning_rate=schedule(plan, cfg), momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay,
                   gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     if cfg.optimizer in ("sgd", "nesterov"):
@@ -87,18 +93,18 @@ def optimizer(d, cfg):
                 track_trust_ratios=cfg.log_trust_ratios, **kwargs)
 
 
-def compile_args(d, cfg):
+def compile_args(plan: Plan, cfg: TrainConfig) -> dict[str, Any]:
     """`model.compile`'s optimizer, loss (on logits) and metrics (top-1, top-5)."""
     import keras
 
-    return dict(optimizer=optimizer(d, cfg),
+    return dict(optimizer=optimizer(plan, cfg),
                 loss=keras.losses.CategoricalCrossentropy(
                     from_logits=True, label_smoothing=cfg.label_smoothing),
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                          keras.metrics.TopKCategoricalAccuracy(5, name="top5")])
 
 
-def model(cfg, data):
+def model(cfg: TrainConfig, data: Any) -> Any:
     """`cfg.model` for `data`'s images, taking uint8 pixels it normalizes itself."""
     from tf_lars import models
 
@@ -108,3 +114,22 @@ def model(cfg, data):
     if cfg.model != "alexnet_bn":
         kwargs["zero_init_residual"] = cfg.zero_init_residual
     return models.build(cfg.model, **kwargs)
+
+
+def load_initial_weights(model: Any, path: str, model_name: str) -> None:
+    """Starts `model` from the weights in `path` (`--init_weights`: a
+    `.weights.h5` or `.keras` file of the same model)."""
+    import os
+
+    import keras
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--init_weights={path}: no such file")
+    try:
+        if path.endswith(".keras"):
+            model.set_weights(keras.models.load_model(path, compile=False).get_weights())
+        else:
+            model.load_weights(path)
+    except ValueError as e:
+        raise ValueError(f"--init_weights={path} does not fit --model={model_name} "
+                         f"with these flags: {str(e).splitlines()[0]}") from None

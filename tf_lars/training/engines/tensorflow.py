@@ -1,15 +1,24 @@
-"""A `tf.distribute.Strategy` from a name, and who the chief is."""
+"""The TensorFlow engine: a `tf.distribute` strategy from a name, who the
+chief is, and what a multi-worker run needs (Keras's MultiWorkerMirrored
+fix, the coordination service that carries the stop after a SIGTERM)."""
+
+from __future__ import annotations
 
 import json
 import os
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
+
+from tf_lars.training import faults
+from tf_lars.training.config import TrainConfig
+from tf_lars.training.engines.base import Engine
 
 # The names live with the flags, which must not need TensorFlow.
 from tf_lars.training.flags import COLLECTIVES, STRATEGIES as NAMES
 
 
-def make_deterministic():
+def make_deterministic() -> None:
     """Same results from the same seed (before any op runs).
 
     `enable_op_determinism` covers TensorFlow's GPU kernels and its
@@ -26,7 +35,7 @@ def make_deterministic():
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def split_cpu(devices):
+def split_cpu(devices: int) -> None:
     """Splits the CPU into `devices` logical devices (before any op runs)."""
     if devices > 1:
         tf.config.set_logical_device_configuration(
@@ -51,7 +60,7 @@ def _tpu(tpu):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def make(name, tpu=None, collective="auto"):
+def make(name: str, tpu: Optional[str] = None, collective: str = "auto") -> Any:
     """The strategy `name` (see NAMES); `auto` picks what the machine has."""
     if name not in NAMES:
         raise ValueError(f"--strategy: unknown strategy {name!r}; use one of {NAMES}")
@@ -120,3 +129,61 @@ def coordination(strategy):
     from tensorflow.python.eager import context
 
     return context.context()
+
+
+def accelerators() -> list[str]:
+    """The device kinds of this host's GPUs and TPUs."""
+    kinds = []
+    for device in tf.config.list_physical_devices():
+        if device.device_type in ("GPU", "TPU"):
+            details = tf.config.experimental.get_device_details(device)
+            kinds.append(details.get("device_name", device.device_type))
+    return kinds
+
+
+class TensorFlowEngine(Engine):
+    """A `tf.distribute` strategy: one device, the local GPUs (or logical CPU
+    devices), several workers (TF_CONFIG) or a TPU.
+
+    Build it before any TensorFlow op runs: it configures the CPU's logical
+    devices, determinism and the collectives.
+    """
+
+    def __init__(self, strategy: Any) -> None:
+        self.strategy = strategy
+        self.num_replicas_in_sync = strategy.num_replicas_in_sync
+        self.chief = is_chief(strategy)
+        self.multi_worker = is_multi_worker(strategy)
+
+    @staticmethod
+    def from_config(cfg: TrainConfig) -> TensorFlowEngine:
+        from tf_lars.training.engines import keras_mwms
+
+        if cfg.strategy == "multi_worker_mirrored" or os.environ.get("TF_CONFIG"):
+            keras_mwms.apply()
+        if cfg.deterministic:
+            make_deterministic()
+        split_cpu(cfg.cpu_devices)
+        return TensorFlowEngine(make(cfg.strategy, cfg.tpu, cfg.collective_communication))
+
+    def describe(self) -> str:
+        where = f", this is {task_name(self.strategy)}" if self.multi_worker else ""
+        return (f"TensorFlow: {type(self.strategy).__name__} with "
+                f"{self.num_replicas_in_sync} replicas{where}")
+
+    def scope(self) -> Any:
+        return self.strategy.scope()
+
+    def distribute(self, dataset_fn: Callable[[Any], Any]) -> Any:
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def preemption_channel(self) -> dict[str, Any]:
+        return {"coordination": coordination(self.strategy)}
+
+    def lost_peer(self, error: BaseException) -> Optional[str]:
+        if not self.multi_worker:
+            return None
+        return faults.worker_failure(error, task_name(self.strategy))
+
+
+ENGINE = TensorFlowEngine

@@ -1,24 +1,26 @@
-"""The engine `tf-lars-train` runs on, chosen by KERAS_BACKEND.
+"""The JAX engine (KERAS_BACKEND=jax): `keras.distribution`, which Keras 3
+recommends for several devices and hosts: `DataParallel` over every device
+of every process; processes (hosts) join through
+`keras.distribution.initialize`, i.e. `jax.distributed.initialize`
+(coordinator address, process count and id from flags, else Keras's
+KERAS_DISTRIBUTION_* environment variables).
 
-* `tensorflow`: a `tf.distribute` strategy (`strategy.make`).
-* `jax`: `keras.distribution`, which Keras 3 recommends for several devices
-  and hosts: `DataParallel` over every device of every process; processes
-  (hosts) join through `keras.distribution.initialize`, i.e.
-  `jax.distributed.initialize` (coordinator address, process count and id
-  from flags, else Keras's KERAS_DISTRIBUTION_* environment variables).
-
-`JaxEngine` answers what the trainer asks of a strategy (`scope()`,
-`num_replicas_in_sync`, `distribute_datasets_from_function`), so the rest
-of the trainer is one program for both engines. Each process reads its own
-part of the input (its shards, or its rows of a synthetic batch) and feeds
-`global batch / processes` examples a step; Keras joins them into the
-global batch, split across every device.
+Each process reads its own part of the input (its shards, or its rows of a
+synthetic batch) and feeds `global batch / processes` examples a step;
+Keras joins them into the global batch, split across every device.
 """
 
-import contextlib
+from __future__ import annotations
+
 import os
+import sys
+from typing import Any, Callable, Optional
 
 import keras
+
+from tf_lars.training import faults
+from tf_lars.training.config import TrainConfig
+from tf_lars.training.engines.base import Engine
 
 TF_ONLY_STRATEGIES = ("mirrored", "multi_worker_mirrored", "tpu")
 JAX_STRATEGIES = ("auto", "one_device")
@@ -26,21 +28,7 @@ PROCESS_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM
                      "KERAS_DISTRIBUTION_PROCESS_ID")
 
 
-def backend():
-    return keras.backend.backend()
-
-
-def has_tensorflow():
-    """Whether TensorFlow can be imported (the JAX engine runs without it)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("tensorflow") is not None
-    except ImportError:  # (an import hook that refuses it)
-        return False
-
-
-def jax_runtime_error():
+def runtime_error() -> type[BaseException]:
     """The exception JAX raises when a computation fails (a collective whose
     peer is gone, among others)."""
     try:
@@ -50,53 +38,33 @@ def jax_runtime_error():
     return JaxRuntimeError
 
 
-def machine():
-    """What this process runs on, for a run's summary: its CPU cores and the
-    accelerators this host's backend sees (device kinds, e.g. 'NVIDIA H200')."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    kinds = []
-    if backend() == "jax":
-        import jax
+def accelerators() -> list[str]:
+    """The device kinds of this host's accelerators (e.g. 'NVIDIA H200')."""
+    import jax
 
-        kinds = [d.device_kind for d in jax.local_devices() if d.platform != "cpu"]
-    elif backend() == "tensorflow":
-        import tensorflow as tf
-
-        for device in tf.config.list_physical_devices():
-            if device.device_type in ("GPU", "TPU"):
-                details = tf.config.experimental.get_device_details(device)
-                kinds.append(details.get("device_name", device.device_type))
-    elif backend() == "torch":
-        import torch
-
-        kinds = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return dict(cpu_cores=cores, accelerators=kinds)
+    return [d.device_kind for d in jax.local_devices() if d.platform != "cpu"]
 
 
-def describe_machine(record):
-    """'2 CPU cores' or '16 CPU cores, 1 x NVIDIA H200', from `machine()`'s record."""
-    text = f"{record['cpu_cores']} CPU cores"
-    for kind in sorted(set(record["accelerators"])):
-        text += f", {record['accelerators'].count(kind)} x {kind}"
-    return text
-
-
-def _add_xla_flag(flag):
+def _add_xla_flag(flag: str) -> None:
     flags = os.environ.get("XLA_FLAGS", "").split()
     if flag not in flags:
         os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
 
 
-class JaxEngine:
-    """What the trainer uses of a `tf.distribute` strategy, under JAX.
+class JaxEngine(Engine):
+    """Every device of every process, as one data-parallel replica set.
 
     Build it before anything asks JAX for its devices: `cpu_devices` > 1
     splits the host platform (XLA's CPU) into that many devices, and
     `deterministic` asks XLA's GPU code for repeatable reductions.
     """
 
-    def __init__(self, name="auto", cpu_devices=1, coordinator_address=None,
-                 num_processes=None, process_id=None, deterministic=False, tpu=None):
+    peer, peers = "process", "processes"
+
+    def __init__(self, name: str = "auto", cpu_devices: int = 1,
+                 coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+                 process_id: Optional[int] = None, deterministic: bool = False,
+                 tpu: Optional[str] = None) -> None:
         if name in TF_ONLY_STRATEGIES or tpu:
             what = f"--strategy={name}" if name in TF_ONLY_STRATEGIES else "--tpu"
             raise ValueError(
@@ -146,25 +114,64 @@ class JaxEngine:
         keras.distribution.initialize(job_addresses=coordinator_address,
                                       num_processes=num_processes, process_id=process_id)
 
-    def preemption_sync_point(self):
+    @staticmethod
+    def from_config(cfg: TrainConfig) -> JaxEngine:
+        return JaxEngine(cfg.strategy, cfg.cpu_devices, cfg.coordinator_address,
+                         cfg.num_processes, cfg.process_id, cfg.deterministic, cfg.tpu)
+
+    def preemption_channel(self) -> dict[str, Any]:
         """With several processes, JAX's agreement on where to stop after a
-        SIGTERM reaches any of them (`Preemption`'s `sync_point`); else None."""
+        SIGTERM reaches any of them (`Preemption`'s `sync_point`)."""
         if self.num_processes == 1:
-            return None
+            return {}
         from jax.experimental import multihost_utils
 
-        return multihost_utils.reached_preemption_sync_point
+        return {"sync_point": multihost_utils.reached_preemption_sync_point}
 
     @property
-    def chief(self):
+    def chief(self) -> bool:  # type: ignore[override]
         """Process 0 writes the model directory."""
         return self.process_id == 0
 
-    def scope(self):
-        # The distribution is set for the whole program.
-        return contextlib.nullcontext()
+    def jit_compile(self, requested: bool) -> bool:
+        return True  # Eager JAX runs op by op.
 
-    def input_context(self):
+    @property
+    def callbacks_on_every_process(self) -> bool:
+        # Reading the model's state between steps is a collective here.
+        return True
+
+    def backup_mirror_dir(self, scratch_dir: str) -> Optional[str]:
+        return os.path.join(scratch_dir, "backup")
+
+    def op_errors(self) -> tuple[type[BaseException], ...]:
+        return super().op_errors() + (runtime_error(),)
+
+    def lost_peer(self, error: BaseException) -> Optional[str]:
+        if self.num_processes == 1:
+            return None
+        return faults.worker_failure(error, f"process {self.process_id}")
+
+    def exit_with(self, line: str) -> None:
+        if self.num_processes == 1:
+            super().exit_with(line)
+        # At exit jax.distributed would wait for the lost process until its
+        # heartbeat times out (about 100 s), then abort with a stack dump:
+        # leave now, the backups being written already.
+        print(f"tf-lars-train: error: {line}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+
+    def synthetic_batches(self, data: Any, global_batch: int, steps: int,
+                          skip_steps: int) -> Optional[Any]:
+        """Synthetic data from numpy (no TensorFlow needed): each process makes
+        its own rows of every global batch."""
+        from tf_lars.training import inputs
+
+        return inputs.SyntheticBatches(data, global_batch, steps, self.process_id,
+                                       self.num_processes, skip_steps)
+
+    def input_context(self) -> Any:
         """This process as a `tf.distribute.InputContext`: one input pipeline
         per process, each batching `global batch / processes` examples."""
         import tensorflow as tf
@@ -173,11 +180,14 @@ class JaxEngine:
                                           input_pipeline_id=self.process_id,
                                           num_replicas_in_sync=self.num_processes)
 
-    def distribute_datasets_from_function(self, dataset_fn):
+    def distribute(self, dataset_fn: Callable[[Any], Any]) -> Any:
         return dataset_fn(self.input_context())
 
-    def describe(self):
+    def describe(self) -> str:
         return (f"JAX: {self.num_replicas_in_sync} devices ({self.devices[0].split(':')[0]})"
                 f" in {self.num_processes} processes, this is process {self.process_id}"
                 if self.num_processes > 1 else
                 f"JAX: {self.num_replicas_in_sync} devices ({self.devices[0].split(':')[0]})")
+
+
+ENGINE = JaxEngine
