@@ -16,6 +16,7 @@ if keras.backend.backend() != "tensorflow":
 
 import tensorflow as tf  # noqa: E402
 
+import helpers  # noqa: E402
 from tf_lars.data import pipeline, preprocessing  # noqa: E402
 from test_data import example  # noqa: E402
 
@@ -34,7 +35,7 @@ def images(tmp_path, training, preset="tpu", seed=7):
     with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001")) as w:
         for _ in range(COPIES):
             w.write(example(coordinate_jpeg(), 1))
-    ds = pipeline.make_dataset(str(tmp_path), "train", training=training, seed=seed,
+    ds = helpers.dataset(str(tmp_path), "train", training=training, seed=seed,
                                global_batch_size=COPIES, image_size=SIZE, num_classes=10,
                                preset=preset, dtype=tf.uint8, shuffle_buffer=1)
     return next(iter(ds))[0].numpy().astype(np.float64)

@@ -12,6 +12,7 @@ if keras.backend.backend() != "tensorflow":
 
 import tensorflow as tf  # noqa: E402
 
+import helpers  # noqa: E402
 from tf_lars.data import pipeline, preprocessing  # noqa: E402
 
 HEIGHT, WIDTH = 48, 64
@@ -65,7 +66,7 @@ COMMON = dict(image_size=32, num_classes=10)
 def test_training_batches_shapes_dtypes_range_and_labels(tmp_path):
     write_shards(tmp_path)
     for dtype in (tf.float32, tf.bfloat16):
-        ds = pipeline.make_dataset(str(tmp_path), "train", training=True,
+        ds = helpers.dataset(str(tmp_path), "train", training=True,
                                    global_batch_size=8, dtype=dtype, **COMMON)
         images, labels = next(iter(ds))
         assert images.shape == (8, 32, 32, 3) and images.dtype == dtype
@@ -80,7 +81,7 @@ def test_training_batches_shapes_dtypes_range_and_labels(tmp_path):
 
 def test_label_offset_zero_keeps_stored_labels(tmp_path):
     write_shards(tmp_path, split="validation")
-    _, labels = read_all(pipeline.make_dataset(
+    _, labels = read_all(helpers.dataset(
         str(tmp_path), "validation", training=False, global_batch_size=5,
         label_offset=0, **COMMON))
     assert sorted(set(labels)) == [1, 2, 3, 4] and len(labels) == 24
@@ -88,7 +89,7 @@ def test_label_offset_zero_keeps_stored_labels(tmp_path):
 
 def test_tfds_shards_are_read_with_zero_based_labels(tmp_path):
     write_shards(tmp_path, split="validation", fmt="tfds", label_of=lambda s, k: s)
-    _, labels = read_all(pipeline.make_dataset(
+    _, labels = read_all(helpers.dataset(
         str(tmp_path), "validation", training=False, global_batch_size=6,
         data_format="tfds", **COMMON))
     assert sorted(labels) == sorted([s for s in range(4) for _ in range(6)])
@@ -96,7 +97,7 @@ def test_tfds_shards_are_read_with_zero_based_labels(tmp_path):
 
 def test_evaluation_is_deterministic_and_complete(tmp_path):
     write_shards(tmp_path, split="validation", shards=3, per_shard=5)
-    make = lambda: pipeline.make_dataset(  # noqa: E731
+    make = lambda: helpers.dataset(  # noqa: E731
         str(tmp_path), "validation", training=False, global_batch_size=4,
         preset="legacy", **COMMON)
     first, second = read_all(make()), read_all(make())
@@ -106,7 +107,7 @@ def test_evaluation_is_deterministic_and_complete(tmp_path):
 
 def test_seeded_training_pipeline_is_repeatable(tmp_path):
     write_shards(tmp_path)
-    make = lambda: pipeline.make_dataset(  # noqa: E731
+    make = lambda: helpers.dataset(  # noqa: E731
         str(tmp_path), "train", training=True, global_batch_size=8, seed=7, **COMMON)
     a = [x.numpy() for x, _ in make().take(3)]
     b = [x.numpy() for x, _ in make().take(3)]
@@ -119,7 +120,7 @@ def test_workers_read_disjoint_files_that_cover_all(tmp_path):
     for worker in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
                                              num_replicas_in_sync=2)
-        _, labels = read_all(pipeline.make_dataset(
+        _, labels = read_all(helpers.dataset(
             str(tmp_path), "validation", training=False, global_batch_size=4,
             input_context=context, label_offset=0, **COMMON))
         seen.append(set(labels))  # shard s holds label s + 1 only
@@ -130,7 +131,7 @@ def test_per_replica_batch_size(tmp_path):
     write_shards(tmp_path)
     context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
                                          num_replicas_in_sync=4)
-    images, _ = next(iter(pipeline.make_dataset(
+    images, _ = next(iter(helpers.dataset(
         str(tmp_path), "train", training=True, global_batch_size=16,
         input_context=context, **COMMON)))
     assert images.shape[0] == 4
@@ -157,7 +158,7 @@ def write_damaged(folder):
 def test_bad_records_are_skipped_and_counted(tmp_path):
     write_damaged(str(tmp_path))
     bad = pipeline.BadRecords()
-    _, labels = read_all(pipeline.make_dataset(
+    _, labels = read_all(helpers.dataset(
         str(tmp_path), "train", training=False, global_batch_size=2,
         bad_records=bad, **COMMON))
     # 2 good records of shard 0, and the 2 whole records before the damage.
@@ -171,7 +172,7 @@ def test_strict_mode_raises_naming_the_shard(tmp_path, damage):
     if damage == "shard":
         os.remove(os.path.join(tmp_path, "train-00000-of-00002"))
         os.rename(truncated, os.path.join(tmp_path, "train-00000-of-00001"))
-    ds = pipeline.make_dataset(str(tmp_path), "train", training=False,
+    ds = helpers.dataset(str(tmp_path), "train", training=False,
                                global_batch_size=2, strict=True, **COMMON)
     with pytest.raises(tf.errors.InvalidArgumentError, match="train-0000") as info:
         read_all(ds)
@@ -180,16 +181,16 @@ def test_strict_mode_raises_naming_the_shard(tmp_path, damage):
 
 def test_clear_errors_before_any_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
-        pipeline.make_dataset(str(tmp_path / "missing"), "train", training=True,
+        helpers.dataset(str(tmp_path / "missing"), "train", training=True,
                               global_batch_size=8, **COMMON)
     with pytest.raises(FileNotFoundError, match="no train shards match"):
-        pipeline.make_dataset(str(tmp_path), "train", training=True,
+        helpers.dataset(str(tmp_path), "train", training=True,
                               global_batch_size=8, **COMMON)
     write_shards(tmp_path, shards=2)
     context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=0,
                                          num_replicas_in_sync=3)
     with pytest.raises(ValueError, match="2 train shards .* for 3 workers"):
-        pipeline.make_dataset(str(tmp_path), "train", training=True, global_batch_size=9,
+        helpers.dataset(str(tmp_path), "train", training=True, global_batch_size=9,
                               input_context=context, **COMMON)
 
 
@@ -248,8 +249,8 @@ def test_preprocessing_same_eagerly_and_in_dataset_map(preset):
 def test_eval_cache_gives_the_same_images(tmp_path):
     write_shards(tmp_path, split="validation", shards=2, per_shard=3)
     kwargs = dict(training=False, global_batch_size=4, **COMMON)
-    plain = read_all(pipeline.make_dataset(str(tmp_path), "validation", **kwargs))
-    cached = pipeline.make_dataset(str(tmp_path), "validation", cache_eval=True, **kwargs)
+    plain = read_all(helpers.dataset(str(tmp_path), "validation", **kwargs))
+    cached = helpers.dataset(str(tmp_path), "validation", cache_eval=True, **kwargs)
     for _ in range(2):
         np.testing.assert_array_equal(read_all(cached)[0], plain[0])
 
@@ -277,3 +278,27 @@ def test_one_device_without_a_gpu_is_the_default_strategy():
     from tf_lars.training.engines import tensorflow as strategy
 
     assert strategy.make("one_device") is tf.distribute.get_strategy()
+
+
+def test_one_host_with_two_replicas_reads_every_record_once_an_epoch(tmp_path):
+    # MirroredStrategy over two logical CPU devices: one input pipeline
+    # feeds both replicas (as on a TPU host or a multi-GPU machine), so it
+    # must read all the shards. Record k of shard s stores label 8 * s + k:
+    # its id. Training order (shuffled, repeated): the first epoch's steps
+    # must carry each id once.
+    from tf_lars.training import inputs
+
+    write_shards(tmp_path, "train", shards=4, per_shard=8, label_of=lambda s, k: 8 * s + k)
+    data = inputs.spec("imagenet", str(tmp_path), image_size=16, num_classes=32,
+                       label_offset=0, train_examples=32, eval_examples=32,
+                       shuffle_buffer=64, seed=4)
+    strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+    batches = iter(strategy.distribute_datasets_from_function(
+        inputs.dataset_fn(data, 8, True, autotune=False)))
+    ids = []
+    for _ in range(32 // 8):  # one epoch of global batches of 8
+        _, labels = next(batches)
+        for replica in strategy.experimental_local_results(labels):
+            assert replica.shape[0] == 4  # each replica its half of the batch
+            ids += np.argmax(replica.numpy(), axis=1).tolist()
+    assert sorted(ids) == list(range(32))

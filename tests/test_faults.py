@@ -20,6 +20,7 @@ if keras.backend.backend() != "tensorflow":
 
 import tensorflow as tf  # noqa: E402
 
+import helpers  # noqa: E402
 from tf_lars.data import pipeline  # noqa: E402
 from test_data import COMMON, example, jpeg, read_all, write_damaged, write_shards  # noqa: E402
 from test_training import (TINY, env, epochs_logged, last_line, train,  # noqa: E402
@@ -36,7 +37,7 @@ def test_a_split_without_usable_records_fails_in_seconds_naming_counts(tmp_path)
     # Stored labels 0 under ImageNet's offset 1: every label is -1.
     write_shards(tmp_path, shards=2, per_shard=5, label_of=lambda s, k: 0)
     bad = pipeline.BadRecords()
-    ds = pipeline.make_dataset(str(tmp_path), "train", training=True, global_batch_size=4,
+    ds = helpers.dataset(str(tmp_path), "train", training=True, global_batch_size=4,
                                bad_records=bad, max_unusable=200, **COMMON)
     errors = []
 
@@ -62,7 +63,7 @@ def test_a_few_usable_records_among_many_bad_ones_still_train(tmp_path):
     # pipeline yields it pass after pass, hundreds of bad records later.
     write_shards(tmp_path, shards=3, per_shard=10,
                  label_of=lambda s, k: 3 if (s, k) == (2, 9) else 99)
-    ds = pipeline.make_dataset(str(tmp_path), "train", training=True, global_batch_size=4,
+    ds = helpers.dataset(str(tmp_path), "train", training=True, global_batch_size=4,
                                max_unusable=31, **COMMON)
     _, labels = next(iter(ds))
     assert labels.numpy().tolist() == [2, 2, 2, 2]
@@ -111,7 +112,7 @@ def test_jpegs_that_tensorflow_decodes_are_never_dropped(tmp_path):
         for k, data in enumerate(kept + dropped):
             w.write(example(data, k % 10 + 1))
     bad = pipeline.BadRecords()
-    _, labels = read_all(pipeline.make_dataset(
+    _, labels = read_all(helpers.dataset(
         str(tmp_path), "validation", training=False, global_batch_size=1, bad_records=bad,
         **COMMON))
     assert labels.tolist() == [k % 10 for k in range(len(kept))]
@@ -199,7 +200,7 @@ def test_a_backup_at_an_epochs_last_batch_resumes_in_the_next_epoch(tmp_path):
 
 def test_a_seeded_stream_resumed_with_skip_goes_on_where_it_stopped(tmp_path):
     write_shards(tmp_path, shards=2, per_shard=12)
-    make = lambda skip: pipeline.make_dataset(  # noqa: E731
+    make = lambda skip: helpers.dataset(  # noqa: E731
         str(tmp_path), "train", training=True, global_batch_size=4, seed=5, skip=skip,
         shuffle_buffer=8, **COMMON)
     whole = [(x.numpy(), y.numpy()) for x, y in make(0).take(9)]
@@ -295,7 +296,7 @@ def test_imagenet_to_gcs_subfolders_are_found_and_empty_shards_ignored(tmp_path)
     files = pipeline.list_files(str(tmp_path), "train")
     assert [os.path.basename(f) for f in files] == ["train-00000-of-00002",
                                                     "train-00001-of-00002"]
-    _, labels = read_all(pipeline.make_dataset(str(tmp_path), "validation", training=False,
+    _, labels = read_all(helpers.dataset(str(tmp_path), "validation", training=False,
                                                global_batch_size=3, **COMMON))
     assert sorted(labels) == [0, 0, 0]
     with pytest.raises(FileNotFoundError, match="nor test/test-\\*-of-\\* below it"):

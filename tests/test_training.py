@@ -508,3 +508,26 @@ def test_a_flagfile_without_a_rate_gets_the_linear_scaling_rule(tmp_path):
     assert schedule.get_config()["peak_learning_rate"] == pytest.approx(0.3)
     assert schedule.get_config()["warmup_steps"] == 15
     assert int(model.optimizer.iterations) == 30
+
+
+@pytest.mark.parametrize("flags_given,expected", [
+    (["--trust_coefficient=0.0123", "--momentum=0.85", "--weight_decay=0.0003",
+      "--trust_ratio=decayed_gradient", "--clip_trust_ratio",
+      "--exclude_from_weight_decay=bias,gamma", "--exclude_from_layer_adaptation=beta",
+      "--gradient_accumulation_steps=2"],
+     dict(name="lars", trust_coefficient=0.0123, momentum=0.85, weight_decay=0.0003,
+          trust_ratio="decayed_gradient", clip_trust_ratio=True, nesterov=False,
+          exclude_from_weight_decay=["bias", "gamma"], exclude_from_layer_adaptation=["beta"],
+          gradient_accumulation_steps=2)),
+    (["--optimizer=nesterov", "--momentum=0.8", "--weight_decay=0.0002"],
+     dict(name="nesterov", momentum=0.8, weight_decay=0.0002, nesterov=True,
+          clip_trust_ratio=False, exclude_from_weight_decay=None,
+          exclude_from_layer_adaptation=[""])),  # no layer adaptation at all
+])
+def test_every_optimizer_flag_reaches_the_optimizer_that_trains(tmp_path, flags_given, expected):
+    result = train(*TINY, f"--model_dir={tmp_path}", "--train_steps=2", *flags_given)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import tf_lars  # noqa: F401 (LARS deserializes)
+
+    trained = keras.models.load_model(tmp_path / "model.keras").optimizer.get_config()
+    assert {k: trained[k] for k in expected} == expected

@@ -134,11 +134,11 @@ def measure():
         j, no_boxes, FLAGS.image_size, recipe, FLAGS.channels, tf.uint8))
 
     def train(dtype):
-        return pipeline.make_dataset(
-            data_dir, "train", training=True, global_batch_size=FLAGS.batch_size,
-            image_size=FLAGS.image_size, data_format=FLAGS.data_format,
-            preset=FLAGS.preset, channels=FLAGS.channels, dtype=dtype,
-            num_classes=FLAGS.num_classes, shuffle_buffer=shuffle_buffer)
+        spec = pipeline.InputSpec(
+            data_dir, "train", training=True, image_size=FLAGS.image_size,
+            data_format=FLAGS.data_format, preset=FLAGS.preset, channels=FLAGS.channels,
+            dtype=dtype, num_classes=FLAGS.num_classes, shuffle_buffer=shuffle_buffer)
+        return pipeline.make_dataset(spec, FLAGS.batch_size)
 
     # One pipeline runs at a time: each measurement has its own iterator.
     makers = {"bare": lambda: bare, "work": lambda: work,

@@ -95,8 +95,8 @@ MUTATIONS = [
      "    window = _center_crop_window(tf.io.extract_jpeg_shape(jpeg), size, "
      "preset.eval_crop_padding)", DATA),
     ("Pipeline: labels up to num_classes let through", "tf_lars/data/pipeline.py",
-     "label_ok = tf.logical_and(label >= 0, label < num_classes)",
-     "label_ok = tf.logical_and(label >= 0, label <= num_classes)", DATA),
+     "label_ok = tf.logical_and(label >= 0, label < spec.num_classes)",
+     "label_ok = tf.logical_and(label >= 0, label <= spec.num_classes)", DATA),
     ("Pipeline: JPEG trailers taken for damage (end marker only in the last 32 bytes)",
      "tf_lars/data/pipeline.py",
      "        lambda: _has_end_marker(tf.strings.substr(jpeg, after_start, length))))",

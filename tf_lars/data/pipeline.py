@@ -1,11 +1,13 @@
 """`tf.data` input pipelines over TFRecord shards, for `tf.distribute`.
 
-One stage a line (see `make_dataset`): list files -> shard files per worker
--> shuffle files -> interleave TFRecord readers -> shuffle -> repeat -> parse
--> drop bad records -> preprocess -> batch per replica -> prefetch. Use it as
+One stage a line over an `InputSpec` (see `make_dataset`): the shards of
+this pipeline (listed, split between workers, shuffled) -> their records
+(interleaved readers) -> shuffle and repeat -> parse, check, decode and
+augment -> keep the usable ones -> batch per replica and prefetch. Use it as
 
+    spec = InputSpec(data_dir, "train", training=True, image_size=224)
     strategy.distribute_datasets_from_function(
-        lambda ctx: make_dataset(..., input_context=ctx))
+        lambda ctx: make_dataset(spec, global_batch_size, input_context=ctx))
 
 Bad input does not end a run. A shard that is truncated or corrupt keeps the
 records before the damage; a record whose JPEG is not whole or whose label is
@@ -29,8 +31,10 @@ repeating pipeline spin forever; after `max_unusable` records without a
 usable one the pipeline fails instead, and `explain` says what was dropped.
 """
 
+import dataclasses
 import os
 import re
+from typing import Any, Optional
 
 import tensorflow as tf
 
@@ -183,115 +187,198 @@ def _jpeg_is_whole(jpeg):
         lambda: _has_end_marker(tf.strings.substr(jpeg, after_start, length))))
 
 
-def _drop_ok(images, labels, ok):
-    return images, labels
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What one input pipeline reads and how (`make_dataset`'s stages read it).
 
-
-def make_dataset(data_dir, split, *, training, global_batch_size, image_size,
-                 data_format="imagenet", preset="tpu", channels=3,
-                 dtype=tf.float32, num_classes=1000, label_offset=None,
-                 input_context=None, shuffle_buffer=10_000, seed=None,
-                 strict=False, bad_records=None, cache_eval=False,
-                 preset_overrides=None, repeat=None, max_unusable=1000, skip=0):
-    """A batched `(images, labels)` dataset for one input pipeline.
-
-    Args:
+    Attributes:
         data_dir, split, data_format: where the shards are (`list_files`).
         training: random crops, shuffling, endless repetition, full batches.
-        global_batch_size: divided by the replicas of `input_context`.
         image_size, channels, dtype: what the model eats.
+        num_classes, label_offset: labels must fall in [0, num_classes) after
+            subtracting the offset (default: the format's own).
         preset: preprocessing preset name (`preprocessing.PRESETS`), its
             numbers overridable by `preset_overrides` (a dict).
-        num_classes, label_offset: labels must fall in [0, num_classes)
-            after subtracting the offset (default: the format's own).
-        input_context: a `tf.distribute.InputContext`; files are split
-            between its input pipelines, and there must be at least one
-            file for each.
+        shuffle_buffer: records in the shuffle buffer (training).
         seed: makes the whole pipeline deterministic (ordered, seeded).
         strict: raise, naming the shard, instead of skipping bad input.
-        bad_records: a `BadRecords` to count skipped input in.
-        max_unusable: fail after this many records read without a usable
-            one (a split whose every record is dropped would otherwise spin).
-        skip: records to pass over before the first one used (a resumed
-            run's position in a seeded stream); they are read, not decoded.
         cache_eval: keep the decoded evaluation set in memory.
         repeat: repeat endlessly, in full batches (default: when training).
             Distributed evaluation repeats and runs a fixed number of steps,
             so that every worker runs the same number of batches.
+        max_unusable: fail after this many records read without a usable
+            one (a split whose every record is dropped would otherwise spin).
     """
-    schema = schemas.get(data_format)
-    offset = schema.label_offset if label_offset is None else label_offset
-    recipe = preprocessing.get_preset(preset, **(preset_overrides or {}))
+
+    data_dir: str
+    split: str
+    training: bool
+    image_size: int
+    data_format: str = "imagenet"
+    channels: int = 3
+    dtype: Any = tf.float32
+    num_classes: int = 1000
+    label_offset: Optional[int] = None
+    preset: str = "tpu"
+    preset_overrides: Optional[dict] = None
+    shuffle_buffer: int = 10_000
+    seed: Optional[int] = None
+    strict: bool = False
+    cache_eval: bool = False
+    repeat: Optional[bool] = None
+    max_unusable: int = 1000
+
+    @property
+    def repeats(self) -> bool:
+        return self.training if self.repeat is None else self.repeat
+
+    @property
+    def in_order(self) -> bool:
+        """Seeded or evaluation pipelines keep their order."""
+        return self.seed is not None or not self.training
+
+    @property
+    def offset(self) -> int:
+        return schemas.get(self.data_format).label_offset if self.label_offset is None \
+            else self.label_offset
+
+
+def make_dataset(spec: InputSpec, global_batch_size: int, input_context: Any = None,
+                 bad_records: Optional[BadRecords] = None, skip: int = 0) -> Any:
+    """A batched `(images, labels)` dataset for one input pipeline, one stage a line.
+
+    Args:
+        spec: what to read and how.
+        global_batch_size: divided by the replicas of `input_context`.
+        input_context: a `tf.distribute.InputContext`; files are split
+            between its input pipelines, and there must be at least one
+            file for each.
+        bad_records: a `BadRecords` to count skipped input in.
+        skip: records to pass over before the first one used (a resumed
+            run's position in a seeded stream); they are read, not decoded.
+    """
     context = input_context or tf.distribute.InputContext()
-    counts = (bad_records or BadRecords()).split(split)
-    deterministic = seed is not None or not training  # evaluation: in file order
-    files = list_files(data_dir, split, data_format)
+    counts = (bad_records or BadRecords()).split(spec.split)
+    files = enough_files(spec, context)
+    ds = shard_files(files, spec, context)
+    ds = read_records(ds, spec, counts, cycle=min(16, len(files)), remote="://" in files[0])
+    ds = shuffle_and_repeat(ds, spec)
+    ds = decode(ds, spec, counts, skip)
+    ds = keep_usable(ds, spec, counts)
+    return batch(ds, spec, context.get_per_replica_batch_size(global_batch_size))
+
+
+def enough_files(spec: InputSpec, context: Any) -> list[str]:
+    """Stage 1: the split's shards, at least one for each input pipeline."""
+    files = list_files(spec.data_dir, spec.split, spec.data_format)
     if len(files) < context.num_input_pipelines:
         raise ValueError(
-            f"{len(files)} {split} shards in {data_dir} for "
+            f"{len(files)} {spec.split} shards in {spec.data_dir} for "
             f"{context.num_input_pipelines} workers: each worker needs at least "
             "one; write more shards (the builders' --num_shards)")
-    batch_size = context.get_per_replica_batch_size(global_batch_size)
+    return files
+
+
+def shard_files(files: list[str], spec: InputSpec, context: Any) -> Any:
+    """Stage 2: this pipeline's share of the shards with their sizes,
+    shuffled when training."""
     sizes = [tf.io.gfile.stat(f).length for f in files]
-    stand_in = tf.io.encode_jpeg(tf.zeros([16, 16, 1], tf.uint8))
-
-    def decode(index, record, shard):
-        """Parse, check and preprocess one record: `(image, label, ok)`.
-
-        One parallel map does it all (separate stages cost more than the
-        work); a bad record decodes a small blank stand-in instead of its
-        own bytes (cheaper than a `tf.cond` around the work for every
-        record) and gets `ok = False`.
-        """
-        jpeg, label, boxes = schemas.parse(record, schema, label_offset,
-                                           boxes=training and recipe.use_boxes)
-        whole = _jpeg_is_whole(jpeg)
-        label_ok = tf.logical_and(label >= 0, label < num_classes)
-        stored = label + offset
-        if strict:
-            tf.debugging.Assert(whole, [_TAG_IMAGE, shard])
-            tf.debugging.Assert(label_ok, [_TAG_LABEL, stored, num_classes, offset, shard])
-        ok = tf.logical_and(whole, label_ok)
-        counts.count("bad_images", tf.logical_not(whole), shard)
-        counts.count("bad_labels", tf.logical_and(whole, tf.logical_not(label_ok)), shard)
-        counts.usable.assign_add(tf.cast(ok, tf.int64))
-        jpeg = tf.where(ok, jpeg, stand_in)
-        if not training:
-            return preprocessing.eval_image(jpeg, image_size, recipe, channels, dtype), label, ok
-        element_seed = None if index is None else tf.stack([tf.cast(seed, tf.int64), index])
-        image = preprocessing.train_image(jpeg, boxes, image_size, recipe, channels, dtype,
-                                          element_seed)
-        return image, label, ok
-
     ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
     ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
-    ds = ds.shuffle(len(files), seed=seed) if training else ds
-    buffer_size = REMOTE_READ_BUFFER if "://" in files[0] else None
-    ds = ds.interleave(lambda f, n: _read_shard(f, n, strict, counts, buffer_size),
-                       cycle_length=min(16, len(files)), block_length=1,
-                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    ds = ds.shuffle(shuffle_buffer, seed=seed) if training else ds
-    repeat = training if repeat is None else repeat
-    ds = ds.repeat() if repeat and not (cache_eval and not training) else ds
-    if seed is None:
+    return ds.shuffle(len(files), seed=spec.seed) if spec.training else ds
+
+
+def read_records(files: Any, spec: InputSpec, counts: Any, cycle: int, remote: bool) -> Any:
+    """Stage 3: the records of `cycle` shards at a time, each with its shard's
+    name (`remote`: shards on a remote file system, read in large chunks)."""
+    buffer_size = REMOTE_READ_BUFFER if remote else None
+    return files.interleave(
+        lambda f, n: _read_shard(f, n, spec.strict, counts, buffer_size),
+        cycle_length=cycle, block_length=1, num_parallel_calls=AUTOTUNE,
+        deterministic=spec.in_order)
+
+
+def shuffle_and_repeat(ds: Any, spec: InputSpec) -> Any:
+    """Stage 4: records shuffled and repeated when training (an evaluation
+    repeats too, unless it is cached: then the cache repeats)."""
+    ds = ds.shuffle(spec.shuffle_buffer, seed=spec.seed) if spec.training else ds
+    cached_eval = spec.cache_eval and not spec.training
+    return ds.repeat() if spec.repeats and not cached_eval else ds
+
+
+def decode(ds: Any, spec: InputSpec, counts: Any, skip: int = 0) -> Any:
+    """Stage 5: each record parsed, checked, decoded and augmented:
+    `(image, label, ok)`; seeded pipelines seed each record's crop and flip
+    by its position."""
+    one = _record_decoder(spec, counts)
+    if spec.seed is None:
         ds = ds.skip(skip) if skip else ds
-        ds = ds.map(lambda record, shard: decode(None, record, shard),
-                    num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    else:  # Each element's crop and flip are seeded by its position.
-        ds = ds.enumerate().skip(skip) if skip else ds.enumerate()
-        ds = ds.map(lambda index, element: decode(index, *element),
-                    num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds if strict else ds.ignore_errors(log_warning=True)
+        return ds.map(lambda record, shard: one(None, record, shard),
+                      num_parallel_calls=AUTOTUNE, deterministic=spec.in_order)
+    ds = ds.enumerate().skip(skip) if skip else ds.enumerate()
+    return ds.map(lambda index, element: one(index, *element), num_parallel_calls=AUTOTUNE,
+                  deterministic=True)
+
+
+def _record_decoder(spec: InputSpec, counts: Any) -> Any:
+    """`decode(index, record, shard) -> (image, label, ok)` for `spec`.
+
+    One parallel map does it all (separate stages cost more than the work);
+    a bad record decodes a small blank stand-in instead of its own bytes
+    (cheaper than a `tf.cond` around the work for every record) and gets
+    `ok = False`.
+    """
+    schema = schemas.get(spec.data_format)
+    recipe = preprocessing.get_preset(spec.preset, **(spec.preset_overrides or {}))
+    stand_in = tf.io.encode_jpeg(tf.zeros([16, 16, 1], tf.uint8))
+
+    def one(index, record, shard):
+        jpeg, label, boxes = schemas.parse(record, schema, spec.label_offset,
+                                           boxes=spec.training and recipe.use_boxes)
+        ok = _check(jpeg, label, shard, spec, counts)
+        jpeg = tf.where(ok, jpeg, stand_in)
+        if not spec.training:
+            image = preprocessing.eval_image(jpeg, spec.image_size, recipe, spec.channels,
+                                             spec.dtype)
+            return image, label, ok
+        seed = None if index is None else tf.stack([tf.cast(spec.seed, tf.int64), index])
+        image = preprocessing.train_image(jpeg, boxes, spec.image_size, recipe, spec.channels,
+                                          spec.dtype, seed)
+        return image, label, ok
+    return one
+
+
+def _check(jpeg, label, shard, spec, counts):
+    """Whether a record is usable (a whole JPEG, a label in range), counted;
+    under `strict`, an assertion naming the shard."""
+    whole = _jpeg_is_whole(jpeg)
+    label_ok = tf.logical_and(label >= 0, label < spec.num_classes)
+    if spec.strict:
+        tf.debugging.Assert(whole, [_TAG_IMAGE, shard])
+        tf.debugging.Assert(label_ok, [_TAG_LABEL, label + spec.offset, spec.num_classes,
+                                       spec.offset, shard])
+    ok = tf.logical_and(whole, label_ok)
+    counts.count("bad_images", tf.logical_not(whole), shard)
+    counts.count("bad_labels", tf.logical_and(whole, tf.logical_not(label_ok)), shard)
+    counts.usable.assign_add(tf.cast(ok, tf.int64))
+    return ok
+
+
+def keep_usable(ds: Any, spec: InputSpec, counts: Any) -> Any:
+    """Stage 6: usable records only; fails when none came in `max_unusable` read."""
+    ds = ds if spec.strict else ds.ignore_errors(log_warning=True)
 
     def is_ok(image, label, ok):
-        """Keeps usable records; fails when none came in `max_unusable` read."""
         dropped = counts.counts["bad_images"] + counts.counts["bad_labels"]
-        tf.debugging.Assert(tf.logical_or(counts.usable > 0, dropped < max_unusable),
-                            [_TAG_UNUSABLE, split, max_unusable, label + offset])
+        tf.debugging.Assert(tf.logical_or(counts.usable > 0, dropped < spec.max_unusable),
+                            [_TAG_UNUSABLE, spec.split, spec.max_unusable, label + spec.offset])
         return ok
+    return ds.filter(is_ok)
 
-    ds = ds.filter(is_ok)
-    if cache_eval and not training:
-        ds = ds.cache().repeat() if repeat else ds.cache()
-    ds = ds.batch(batch_size, drop_remainder=repeat).map(_drop_ok)
-    return ds.prefetch(AUTOTUNE)
+
+def batch(ds: Any, spec: InputSpec, batch_size: int) -> Any:
+    """Stage 7: (cached evaluation,) batches of one replica, prefetched."""
+    if spec.cache_eval and not spec.training:
+        ds = ds.cache().repeat() if spec.repeats else ds.cache()
+    ds = ds.batch(batch_size, drop_remainder=spec.repeats)
+    return ds.map(lambda images, labels, ok: (images, labels)).prefetch(AUTOTUNE)

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tf_lars.data.presets import (  # noqa: F401  (re-exported)
     IMAGENET_MEAN, IMAGENET_STD, LEGACY, LEGACY_MEAN, PRESETS, SMALL, TPU, Preset, get_preset)
-from tf_lars.models.layers import per_channel
+from tf_lars.data.presets import per_channel
 
 
 def _resize(image, size, method):

@@ -9,6 +9,15 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 LEGACY_MEAN = (123.68, 116.78, 103.94)
 
 
+def per_channel(values, channels, what="mean"):
+    """`values` (one, or one per channel) as a list of `channels` values."""
+    values = list(values)
+    if len(values) not in (1, channels):
+        raise ValueError(f"{what} {tuple(values)} has {len(values)} values for {channels} "
+                         "channels: give one value, or one per channel")
+    return values * (channels // len(values))
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """Every number of a preprocessing recipe."""

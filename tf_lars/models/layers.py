@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tf_lars.data.presets import per_channel
+
 # The reference ResNet/TPU recipes: BatchNorm decay 0.9, epsilon 1e-5.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -55,15 +57,6 @@ def conv_bn_relu(x, filters, kernel, strides=1, name=None):
     x = conv(filters, kernel, strides, name=f"{name}_conv")(x)
     x = batch_norm(name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
-
-
-def per_channel(values, channels, what="mean"):
-    """`values` (one, or one per channel) as a list of `channels` values."""
-    values = list(values)
-    if len(values) not in (1, channels):
-        raise ValueError(f"{what} {tuple(values)} has {len(values)} values for {channels} "
-                         "channels: give one value, or one per channel")
-    return values * (channels // len(values))
 
 
 def image_input(image_size, channels, input_dtype, mean, std, name="image"):

@@ -61,6 +61,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     trust_coefficient: float = 0.001
     trust_ratio: Literal["paper", "decayed_gradient"] = "paper"
+    clip_trust_ratio: bool = False
+    exclude_from_weight_decay: Optional[tuple[str, ...]] = None
+    exclude_from_layer_adaptation: Optional[tuple[str, ...]] = None
     label_smoothing: float = 0.0
     init_weights: Optional[str] = None
     seed: Optional[int] = None
@@ -93,9 +96,8 @@ class TrainConfig:
 
     def as_flags(self) -> dict[str, Any]:
         """`{flag name: value}`, as `flags.json` records them."""
-        values = dataclasses.asdict(self)
-        values["step_epochs"] = list(self.step_epochs)
-        return values
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
 
 
 def from_flags(flag_values: Any) -> TrainConfig:

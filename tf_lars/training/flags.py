@@ -85,6 +85,12 @@ def define(flag_values=flags.FLAGS):
     d.DEFINE_float("weight_decay", 1e-4, "Coupled weight decay (rank >= 2 variables).")
     d.DEFINE_float("trust_coefficient", 0.001, "LARS's eta.")
     d.DEFINE_enum("trust_ratio", "paper", ["paper", "decayed_gradient"], "LARS's ratio form.")
+    d.DEFINE_boolean("clip_trust_ratio", False, "LARC's clip: each layer's rate at most the "
+                     "global one (trust ratio / learning rate capped at 1).")
+    d.DEFINE_list("exclude_from_weight_decay", None, "Regexes of variable paths without "
+                  "weight decay (default: every variable of rank <= 1: biases, BatchNorm).")
+    d.DEFINE_list("exclude_from_layer_adaptation", None, "Regexes of variable paths LARS "
+                  "does not adapt (default: as --exclude_from_weight_decay, else rank <= 1).")
     d.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
     d.DEFINE_string("init_weights", None, "Start from these weights (a .weights.h5 "
                     "or .keras file of the same model) instead of a fresh initialization.")

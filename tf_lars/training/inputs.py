@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from tf_lars.data import presets
-from tf_lars.models.layers import per_channel
+from tf_lars.data.presets import per_channel
 
 # Sizes and shapes of each data format, used where a flag is left unset.
 FORMAT_DEFAULTS = {
@@ -192,14 +192,13 @@ def dataset_fn(data, global_batch_size, training, bad_records=None, split=None,
         else:
             seeded = data.seed is not None and training
             skip = skip_steps * global_batch_size // context.num_input_pipelines if seeded else 0
-            ds = pipeline.make_dataset(
-                data.data_dir, split, training=training,
-                global_batch_size=global_batch_size, image_size=data.image_size,
+            spec = pipeline.InputSpec(
+                data.data_dir, split, training=training, image_size=data.image_size,
                 data_format=data.schema, preset=data.preset, channels=data.channels,
                 dtype=tf.uint8, num_classes=data.num_classes, label_offset=data.label_offset,
-                input_context=context, shuffle_buffer=data.shuffle_buffer, seed=data.seed,
-                strict=data.strict, bad_records=bad_records, cache_eval=data.cache_eval,
-                repeat=True, skip=skip)
+                shuffle_buffer=data.shuffle_buffer, seed=data.seed, strict=data.strict,
+                cache_eval=data.cache_eval, repeat=True)
+            ds = pipeline.make_dataset(spec, global_batch_size, context, bad_records, skip)
         ds = ds.map(_one_hot(data.num_classes)).prefetch(tf.data.AUTOTUNE)
         return ds.with_options(options)
     return make

@@ -81,7 +81,8 @@ def optimizer(plan: Plan, cfg: TrainConfig) -> Any:
 
     kwargs = dict(learning_rate=schedule(plan, cfg), momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay,
-                  gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+                  gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                  exclude_from_weight_decay=_listed(cfg.exclude_from_weight_decay))
     if cfg.optimizer in ("sgd", "nesterov"):
         # Momentum SGD with the same coupled weight decay and masks: LARS
         # with layer adaptation switched off for every variable. Nesterov
@@ -90,7 +91,13 @@ def optimizer(plan: Plan, cfg: TrainConfig) -> Any:
         return LARS(exclude_from_layer_adaptation=[""], name=cfg.optimizer,
                     nesterov=cfg.optimizer == "nesterov", **kwargs)
     return LARS(trust_coefficient=cfg.trust_coefficient, trust_ratio=cfg.trust_ratio,
+                clip_trust_ratio=cfg.clip_trust_ratio,
+                exclude_from_layer_adaptation=_listed(cfg.exclude_from_layer_adaptation),
                 track_trust_ratios=cfg.log_trust_ratios, **kwargs)
+
+
+def _listed(patterns: Any) -> Any:
+    return None if patterns is None else list(patterns)
 
 
 def compile_args(plan: Plan, cfg: TrainConfig) -> dict[str, Any]:
