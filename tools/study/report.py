@@ -1,8 +1,9 @@
-"""The large-batch study's outputs: the CSV of every run, the table, the plots.
+"""The large-batch study's outputs: the CSV of every run, the table and its
+verdicts (`plots.py` draws the plots).
 
-Used by tools/large_batch_study.py; `results` maps each run (its `Run`) to
-the trainer's summary of it (None when it diverged), `chosen` each
-(method, batch size) to the trial chosen on the held-out images.
+`results` maps each run (its `Run`) to the trainer's summary of it (None when
+it diverged), `chosen` each (method, batch size) to the trial chosen on the
+held-out images.
 """
 
 import collections
@@ -10,6 +11,8 @@ import csv
 import math
 import os
 import statistics
+
+from study.spec import COMPARISON_ORDER, METHODS
 
 def _is_float(text):
     try:
@@ -95,10 +98,7 @@ def _mean(values):
     return text
 
 
-LABELS = {"baseline": "momentum SGD (baseline)",
-          "sgd": "momentum SGD + linear scaling + warmup",
-          "nesterov": "Nesterov + linear scaling + warmup + poly(2)",
-          "lars": "LARS + warmup + poly(2)"}
+LABELS = {name: method.label for name, method in METHODS.items()}
 # ImageNet's 1,281,167 training images over the 50,000 the study trains on:
 # at batch B an epoch takes as many steps as ImageNet's at about 25.6 B.
 IMAGENET_RATIO = 1_281_167 / 50_000
@@ -116,7 +116,9 @@ def largest_within(scores, method, baseline_batch, batch_sizes, points=1.0):
     if not base:
         return None
     within = [b for b in batch_sizes if (method, b) in scores and
-              100 * (statistics.mean(base) - statistics.mean(scores[(method, b)])) <= points]
+              # (rounded: 90.0 - 89.0 is 1.0000000000000009 in floating point)
+              round(100 * (statistics.mean(base) - statistics.mean(scores[(method, b)])), 9)
+              <= points]
     return max(within, default=None)
 
 
@@ -152,7 +154,7 @@ def table(results, chosen, baseline_batch, batch_sizes, methods=("sgd", "lars"),
                 lines.append(f"{first} every trial diverged{so_far} | | | | |")
                 continue
             s = results[pick]
-            lines.append(f"{first} {_trial(pick)}{so_far} | {pick.learning_rate:.4g} "
+            lines.append(f"{first} {pick.describe()}{so_far} | {pick.learning_rate:.4g} "
                          f"| {100 * s['top1']:.2f} | {_mean(scores[key])} "
                          f"| {s['steps']} |")
     lines += ["", "| method | largest batch within 1 point of the baseline (mean test top-1) |",
@@ -186,7 +188,7 @@ def verdict(a, b):
 def differences(scores, batch_sizes, methods):
     """Table rows comparing each pair of methods at each batch size where both
     have results: LARS first, then Nesterov, against the others."""
-    order = [m for m in ("lars", "nesterov", "sgd") if m in methods]
+    order = [m for m in COMPARISON_ORDER if m in methods]
     out = []
     for batch in batch_sizes:
         for i, a in enumerate(order):
@@ -199,95 +201,6 @@ def differences(scores, batch_sizes, methods):
     return out
 
 
-def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir,
-          methods=("sgd", "lars"), epochs=None):
-    """accuracy_vs_batch.png and curves_b<B>.png for the smallest and largest
-    batch size; returns their names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    scores = chosen_scores(results, chosen)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    styles = {"sgd": "o-", "nesterov": "^-", "lars": "s-"}
-    for method, label, style in [(m, LABELS[m], styles[m]) for m in methods]:
-        points = [(b, scores[(method, b)]) for b in batch_sizes if (method, b) in scores]
-        if points:
-            xs = [b for b, _ in points]
-            means = [100 * statistics.mean(v) for _, v in points]
-            lows = [m - 100 * min(v) for m, (_, v) in zip(means, points)]
-            highs = [100 * max(v) - m for m, (_, v) in zip(means, points)]
-            ax.errorbar(xs, means, yerr=[lows, highs], fmt=style, capsize=3, label=label)
-    if ("baseline", baseline_batch) in scores:
-        seeds = [100 * v for v in scores[("baseline", baseline_batch)]]
-        ax.axhline(statistics.mean(seeds), color="gray", ls="--",
-                   label=f"momentum SGD at batch {baseline_batch}")
-        if len(seeds) > 1:  # The band over its seeds.
-            ax.axhspan(min(seeds), max(seeds), color="gray", alpha=0.2)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(batch_sizes, [f"{b // 1024}K" if b % 1024 == 0 else str(b)
-                                for b in batch_sizes])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    budget = f"{epochs:g} epochs" if epochs else "same epoch budget"
-    ax.set_title(f"Fashion-MNIST, ResNet-8, {budget} at every batch size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    names = ["accuracy_vs_batch.png"]
-    fig.savefig(os.path.join(output_dir, names[0]), dpi=120)
-    plt.close(fig)
-
-    for batch in sorted({min(batch_sizes), max(batch_sizes)}):
-        if not any((m, batch) in chosen for m in methods):
-            continue  # (a study under way: nothing recorded there yet)
-        names.append(_curves(results, chosen, runs_dir, baseline_batch, batch, output_dir,
-                             methods, plt))
-    return names
-
-
-def _curves(results, chosen, runs_dir, baseline_batch, largest, output_dir, methods, plt):
-    """curves_b<largest>.png: training loss and held-out accuracy per epoch."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    colors = {"sgd": "C0", "lars": "C1", "nesterov": "C2", "baseline": "gray"}
-    for method in [*methods, "baseline"]:
-        color = colors[method]
-        pick = chosen.get((method, largest if method != "baseline" else baseline_batch))
-        if pick is None:
-            continue
-        for run in results:
-            if (run.method, run.batch_size, run.trial) != (pick.method, pick.batch_size,
-                                                           pick.trial):
-                continue
-            epochs = history(runs_dir, run)
-            x = [row["epoch"] + 1 for row in epochs]
-            label = f"{method} b{run.batch_size} seed {run.seed}"
-            ls = "-" if run.seed == 1 else ":"
-            left.plot(x, [row["loss"] for row in epochs], ls, color=color, label=label)
-            evaluated = [(row["epoch"] + 1, 100 * row["val_accuracy"])
-                         for row in epochs if "val_accuracy" in row]
-            if evaluated:
-                right.plot(*zip(*evaluated), ls, color=color, label=label)
-    left.set(xlabel="epoch", ylabel="training loss", yscale="log",
-             title=f"training loss, chosen trials at batch {largest}")
-    right.set(xlabel="epoch", ylabel="held-out top-1 accuracy (%)",
-              title=f"held-out accuracy at batch {largest}")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    name = f"curves_b{largest}.png"
-    fig.savefig(os.path.join(output_dir, name), dpi=120)
-    plt.close(fig)
-    return name
-
-
-def _trial(run):
-    return (f"lr {run.trial.split(':')[0]} @1K, eta {run.trust_coefficient:g}"
-            if run.method == "lars" else f"lr {run.trial} @256")
-
-
 def edge_table(results, chosen, edges):
     """The markdown table of the runs past the grid's edges (`edges` maps each
     to its summary, None when it diverged): did the edge hold?"""
@@ -296,8 +209,8 @@ def edge_table(results, chosen, edges):
     for run, s in sorted(edges.items(), key=lambda kv: (kv[0].batch_size, kv[0].method)):
         pick = chosen[(run.method, run.batch_size)]
         held = results[pick]["top1"]
-        first = (f"| {run.batch_size} | {LABELS[run.method]} | {_trial(pick)}: "
-                 f"{100 * held:.2f} | {_trial(run)} (peak {run.learning_rate:.4g}) |")
+        first = (f"| {run.batch_size} | {LABELS[run.method]} | {pick.describe()}: "
+                 f"{100 * held:.2f} | {run.describe()} (peak {run.learning_rate:.4g}) |")
         if s is None:
             lines.append(f"{first} diverged | | wide enough |")
             continue
@@ -324,6 +237,8 @@ def report(results, chosen, runs_dir, output_dir, baseline_batch, batch_sizes, h
     text = table(results, chosen, baseline_batch, batch_sizes, methods, planned)
     if edges:
         text += "\n\n" + EDGES_NOTE + "\n\n" + edge_table(results, chosen, edges)
+    from study.plots import plots
+
     names = plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir, methods,
                   epochs)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
