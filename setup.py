@@ -6,14 +6,15 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"',
-                    (HERE / "tf_lars" / "__init__.py").read_text()).group(1)
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "tf_lars" / "__init__.py").read_text()
+).group(1)
 
 setup(
     name="tf_lars",
     version=VERSION,
     description="LARS, warmup schedules, input pipelines and a trainer for "
-                "large-batch training with Keras 3 and tf.distribute.",
+    "large-batch training with Keras 3 and tf.distribute.",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
@@ -44,6 +45,8 @@ setup(
         "test": ["pytest>=7", "pytest-xdist>=3", "pillow"],
         "jax": ["jax>=0.4.30"],
         "torch": ["torch>=2.13"],
+        # The house rules, checked in CI (tools/test.sh): ruff.toml, mypy.ini.
+        "lint": ["ruff==0.17.6", "mypy==2.4.1"],
         # tools/large_batch_study.py draws its plots with it.
         "study": ["matplotlib>=3.6"],
     },

@@ -11,22 +11,25 @@ with what the run saw (backend, devices, the kernels' shardings).
 import json
 import sys
 
+import keras
 import numpy as np
 
-import keras
 from tf_lars import LARS
 
 
 def model_and_data():
-    model = keras.Sequential([
-        keras.Input((8, 8, 3)),
-        keras.layers.Conv2D(4, 3, name="conv"),
-        keras.layers.BatchNormalization(name="bn"),
-        keras.layers.ReLU(),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(16, activation="relu", name="hidden"),
-        keras.layers.Dense(6, name="head"),
-    ], name="net")
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
+            keras.layers.Dense(6, name="head"),
+        ],
+        name="net",
+    )
     rng = np.random.default_rng(0)
     weights = []
     for w in model.weights:
@@ -49,8 +52,8 @@ def distribution(mode):
     mesh = keras.distribution.DeviceMesh((1, len(devices)), ["batch", "model"], devices)
     layout = keras.distribution.LayoutMap(mesh)
     layout[".*conv/kernel"] = (None, None, None, "model")  # output channels
-    layout[".*hidden/kernel"] = (None, "model")            # columns
-    layout[".*head/kernel"] = ("model", None)              # rows
+    layout[".*hidden/kernel"] = (None, "model")  # columns
+    layout[".*head/kernel"] = ("model", None)  # rows
     return keras.distribution.ModelParallel(layout_map=layout, batch_dim_name="batch")
 
 
@@ -59,17 +62,23 @@ def main(out, mode="one"):
     if dist is not None:
         keras.distribution.set_distribution(dist)
     model, x, y = model_and_data()
-    model.compile(optimizer=LARS(learning_rate=0.5, weight_decay=1e-3, trust_coefficient=0.02),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=LARS(learning_rate=0.5, weight_decay=1e-3, trust_coefficient=0.02),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     np.savez(out, *[keras.ops.convert_to_numpy(w) for w in model.weights])
     seen = {"backend": keras.backend.backend(), "mode": mode}
     if keras.backend.backend() == "jax":
         seen["devices"] = len(keras.distribution.list_devices())
         seen["shardings"] = {
-            w.path: [str(w.value.sharding.spec) if hasattr(w.value.sharding, "spec") else "",
-                     list(w.value.addressable_shards[0].data.shape)]
-            for w in model.trainable_weights if w.name == "kernel"}
+            w.path: [
+                str(w.value.sharding.spec) if hasattr(w.value.sharding, "spec") else "",
+                list(w.value.addressable_shards[0].data.shape),
+            ]
+            for w in model.trainable_weights
+            if w.name == "kernel"
+        }
     print(json.dumps(seen))
 
 

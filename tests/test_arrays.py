@@ -1,9 +1,8 @@
 """tf_lars.data.arrays: in-memory batches and on-device augmentation (any backend)."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from tf_lars.data import arrays
 
@@ -14,7 +13,7 @@ def test_training_batches_are_full_and_each_epoch_a_new_permutation():
     batches = arrays.Batches(images, labels, 4, 3, training=True, seed=1)
     assert len(batches) == 2  # 10 // 4: the remainder is left out
     seen = []
-    for epoch in range(3):
+    for _epoch in range(3):
         epoch_ids = []
         for i in range(len(batches)):
             x, y = batches[i]

@@ -6,27 +6,27 @@ whether it was flipped), which must vary within the preset's ranges; an
 evaluation image must be the same every time.
 """
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 if keras.backend.backend() != "tensorflow":
     pytest.skip("tf.data pipelines need TensorFlow", allow_module_level=True)
 
-import tensorflow as tf  # noqa: E402
-
 import helpers  # noqa: E402
-from tf_lars.data import pipeline, preprocessing  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from test_data import example  # noqa: E402
+
+from tf_lars.data import preprocessing  # noqa: E402
 
 HEIGHT, WIDTH, SIZE, COPIES = 120, 160, 32, 240
 
 
 def coordinate_jpeg():
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
-    pixels = np.stack([x * 255 / (WIDTH - 1), y * 255 / (HEIGHT - 1),
-                       np.full(x.shape, 128)], axis=-1)
+    pixels = np.stack(
+        [x * 255 / (WIDTH - 1), y * 255 / (HEIGHT - 1), np.full(x.shape, 128)], axis=-1
+    )
     return tf.io.encode_jpeg(np.round(pixels).astype(np.uint8), quality=100).numpy()
 
 
@@ -35,9 +35,18 @@ def images(tmp_path, training, preset="tpu", seed=7):
     with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001")) as w:
         for _ in range(COPIES):
             w.write(example(coordinate_jpeg(), 1))
-    ds = helpers.dataset(str(tmp_path), "train", training=training, seed=seed,
-                               global_batch_size=COPIES, image_size=SIZE, num_classes=10,
-                               preset=preset, dtype=tf.uint8, shuffle_buffer=1)
+    ds = helpers.dataset(
+        str(tmp_path),
+        "train",
+        training=training,
+        seed=seed,
+        global_batch_size=COPIES,
+        image_size=SIZE,
+        num_classes=10,
+        preset=preset,
+        dtype=tf.uint8,
+        shuffle_buffer=1,
+    )
     return next(iter(ds))[0].numpy().astype(np.float64)
 
 
@@ -80,7 +89,9 @@ def test_evaluation_images_never_vary_and_are_the_centre(tmp_path):
     # The TPU preset's centre crop: size / (size + 32) of the shorter side
     # (224/256 at ImageNet's size), centred.
     side = SIZE / (SIZE + 32) * HEIGHT
-    np.testing.assert_allclose([x0[0], x1[0]], [(WIDTH - side) / 2 / WIDTH,
-                                                (WIDTH + side) / 2 / WIDTH], atol=0.02)
-    np.testing.assert_allclose([y0[0], y1[0]], [(HEIGHT - side) / 2 / HEIGHT,
-                                                (HEIGHT + side) / 2 / HEIGHT], atol=0.02)
+    np.testing.assert_allclose(
+        [x0[0], x1[0]], [(WIDTH - side) / 2 / WIDTH, (WIDTH + side) / 2 / WIDTH], atol=0.02
+    )
+    np.testing.assert_allclose(
+        [y0[0], y1[0]], [(HEIGHT - side) / 2 / HEIGHT, (HEIGHT + side) / 2 / HEIGHT], atol=0.02
+    )

@@ -19,10 +19,18 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIRED = [b for b in os.environ.get("TF_LARS_BACKENDS", "jax,torch").split(",") if b]
-INSTALL = {"jax": 'pip install "jax[cpu]"', "torch": "pip install torch",
-           "tensorflow": "pip install tensorflow-cpu"}
-SUITES = ["test_optimizer.py", "test_schedules.py", "test_keras_conformance.py",
-          "test_precise_bn.py", "test_models.py"]
+INSTALL = {
+    "jax": 'pip install "jax[cpu]"',
+    "torch": "pip install torch",
+    "tensorflow": "pip install tensorflow-cpu",
+}
+SUITES = [
+    "test_optimizer.py",
+    "test_schedules.py",
+    "test_keras_conformance.py",
+    "test_precise_bn.py",
+    "test_models.py",
+]
 # The in-memory engine and the benchmarks under JAX too (the GPU path).
 JAX_ONLY = ["test_arrays.py", "test_benchmarks.py"]
 
@@ -33,27 +41,43 @@ def need(backend):
         return
     module = "tensorflow" if backend == "tensorflow" else backend
     if backend in REQUIRED:
-        pytest.fail(f"{module} is not installed but TF_LARS_BACKENDS lists {backend}: "
-                    f"{INSTALL[backend]} (or bash tools/setup_env.sh)")
+        pytest.fail(
+            f"{module} is not installed but TF_LARS_BACKENDS lists {backend}: "
+            f"{INSTALL[backend]} (or bash tools/setup_env.sh)"
+        )
     pytest.skip(f"{backend} is not installed and TF_LARS_BACKENDS does not list it")
 
 
 def run(backend, args, timeout=900, **env):
     full = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu", **env)
-    return subprocess.run([sys.executable, *args], env=full, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], env=full, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("backend,suite", [("jax", s) for s in SUITES + JAX_ONLY]
-                         + [("torch", s) for s in SUITES])
+@pytest.mark.parametrize(
+    "backend,suite", [("jax", s) for s in SUITES + JAX_ONLY] + [("torch", s) for s in SUITES]
+)
 def test_backend_neutral_suites(backend, suite):
     need(backend)
     # Tests named *tf_distribute* or *input_benchmark* need TensorFlow:
     # left out here, not skipped. (A suite a test: pytest-xdist spreads them.)
-    result = run(backend, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                           "-k", "not tf_distribute and not input_benchmark",
-                           os.path.join(HERE, suite)])
+    result = run(
+        backend,
+        [
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-k",
+            "not tf_distribute and not input_benchmark",
+            os.path.join(HERE, suite),
+        ],
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout
 
@@ -88,10 +112,11 @@ def test_one_fit_gives_the_same_weights_on_every_backend(tmp_path):
 
 def initial_weights(tmp_path):
     """The helper's starting weights, from a zero-step run's numbers."""
-    code = ("import sys; sys.path.insert(0, %r); import backend_fit, numpy as np; "
-            "m, _, _ = backend_fit.model_and_data(); "
-            "np.savez(%r, *[np.asarray(w) for w in m.get_weights()])"
-            % (HERE, str(tmp_path / "initial.npz")))
+    code = (
+        "import sys; sys.path.insert(0, {!r}); import backend_fit, numpy as np; "
+        "m, _, _ = backend_fit.model_and_data(); "
+        "np.savez({!r}, *[np.asarray(w) for w in m.get_weights()])"
+    ).format(HERE, str(tmp_path / "initial.npz"))
     result = run("jax", ["-c", code])
     assert result.returncode == 0, result.stderr[-2000:]
     with np.load(tmp_path / "initial.npz") as f:
@@ -110,7 +135,7 @@ def test_keras_distribution_data_and_model_parallel_match_one_device(tmp_path):
         assert seen["devices"] == 2
         if mode == "model_parallel":
             # Each kernel really is split: every device holds half of it.
-            for path, (spec, shard) in seen["shardings"].items():
+            for path, (spec, _shard) in seen["shardings"].items():
                 assert "model" in spec, (path, spec)
             assert seen["shardings"]["net/hidden/kernel"][1] == [4, 8]
             assert seen["shardings"]["net/head/kernel"][1] == [8, 6]

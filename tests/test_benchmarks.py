@@ -11,10 +11,10 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import tf_lars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,10 +24,22 @@ def test_optimizer_benchmark_runs_and_counts_the_bytes(tmp_path):
     out = tmp_path / "result.json"
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "benchmark_optimizer.py"),
-         "--model=resnet8", "--image_size=28", "--batch_size=8", "--steps=2", "--repeats=1",
-         "--update_repeats=2", f"--out={out}"],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "benchmark_optimizer.py"),
+            "--model=resnet8",
+            "--image_size=28",
+            "--batch_size=8",
+            "--steps=2",
+            "--repeats=1",
+            "--update_repeats=2",
+            f"--out={out}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| training step via fit (ms) |" in result.stdout
     r = json.loads(out.read_text())
@@ -60,22 +72,39 @@ def test_optimizer_benchmark_runs_and_counts_the_bytes(tmp_path):
 
 def run_input_benchmark(*args):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark_input.py"),
-                           *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark_input.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="the input pipeline is TensorFlow's")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="the input pipeline is TensorFlow's"
+)
 def test_input_benchmark_runs_on_synthetic_photos_and_names_bad_input(tmp_path):
-    result = run_input_benchmark(f"--synthetic_dir={tmp_path / 'photos'}",
-                                 "--synthetic_images=48", "--max_images=48", "--image_size=64",
-                                 "--batch_size=8", "--seconds=0.3", "--repeats=1")
+    result = run_input_benchmark(
+        f"--synthetic_dir={tmp_path / 'photos'}",
+        "--synthetic_images=48",
+        "--max_images=48",
+        "--image_size=64",
+        "--batch_size=8",
+        "--seconds=0.3",
+        "--repeats=1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    ratios = {line.split(":")[0]: float(line.split(":")[1])
-              for line in result.stdout.splitlines() if line.startswith("ratio ")}
-    assert set(ratios) == {"ratio pipeline (float32) / bare decode",
-                           "ratio pipeline (uint8) / bare decode",
-                           "ratio per-image work alone / bare decode"}
+    ratios = {
+        line.split(":")[0]: float(line.split(":")[1])
+        for line in result.stdout.splitlines()
+        if line.startswith("ratio ")
+    }
+    assert set(ratios) == {
+        "ratio pipeline (float32) / bare decode",
+        "ratio pipeline (uint8) / bare decode",
+        "ratio per-image work alone / bare decode",
+    }
     # Rates over the bare decode's: the training pipeline does the per-image
     # work and more (reading, parsing), so it is not faster than that work
     # alone (twice allowed for 0.3 s windows on a busy machine).
@@ -86,9 +115,13 @@ def test_input_benchmark_runs_on_synthetic_photos_and_names_bad_input(tmp_path):
 
     missing = run_input_benchmark(f"--data_dir={tmp_path / 'none'}")
     assert missing.returncode != 0
-    assert missing.stderr.strip().splitlines()[-1].startswith(
-        f"benchmark_input: error: data_dir '{tmp_path / 'none'}' is not a folder")
+    assert (
+        missing.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"benchmark_input: error: data_dir '{tmp_path / 'none'}' is not a folder")
+    )
     preset = run_input_benchmark(f"--data_dir={tmp_path / 'photos'}", "--preset=nosuch")
     assert preset.stderr.strip().splitlines()[-1] == (
         "benchmark_input: error: Unknown preprocessing preset 'nosuch': use one of "
-        "['legacy', 'small', 'tpu']")
+        "['legacy', 'small', 'tpu']"
+    )

@@ -51,21 +51,54 @@ class Data:  # the sizes recipe.derive reads
     train_examples, eval_examples, data_format = 50_000, 10_000, "fashion_mnist"
 
 
-@pytest.mark.parametrize("args,expected", [
-    # 50,000 // 1024 = 48 steps an epoch; 2.5 warmup epochs = 120 steps;
-    # rate 0.1 * 1024 / 256; evaluation of 10,000 in batches of 1024: 10.
-    (["--batch_size=1024", "--epochs=15", "--warmup_epochs=2.5"],
-     dict(steps_per_epoch=48, total_steps=720, epochs=15, warmup_steps=120,
-          peak_learning_rate=0.4, eval_batch=1024, eval_steps=10, replicas=2,
-          per_replica_batch=512, test_steps=0, precise_bn_steps=0)),
-    # An absolute rate wins over scaling; steps beat epochs; warmup capped
-    # below the last step; PreciseBN's 1000 images in whole batches of 256.
-    (["--batch_size=256", "--train_steps=10", "--learning_rate=2.5",
-      "--precise_bn_images=1000", "--eval_batch_size=500", "--test_split=x"],
-     dict(steps_per_epoch=195, total_steps=10, epochs=1, warmup_steps=9,
-          peak_learning_rate=2.5, eval_batch=500, eval_steps=20, replicas=2,
-          per_replica_batch=128, test_steps=20, precise_bn_steps=4)),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        # 50,000 // 1024 = 48 steps an epoch; 2.5 warmup epochs = 120 steps;
+        # rate 0.1 * 1024 / 256; evaluation of 10,000 in batches of 1024: 10.
+        (
+            ["--batch_size=1024", "--epochs=15", "--warmup_epochs=2.5"],
+            dict(
+                steps_per_epoch=48,
+                total_steps=720,
+                epochs=15,
+                warmup_steps=120,
+                peak_learning_rate=0.4,
+                eval_batch=1024,
+                eval_steps=10,
+                replicas=2,
+                per_replica_batch=512,
+                test_steps=0,
+                precise_bn_steps=0,
+            ),
+        ),
+        # An absolute rate wins over scaling; steps beat epochs; warmup capped
+        # below the last step; PreciseBN's 1000 images in whole batches of 256.
+        (
+            [
+                "--batch_size=256",
+                "--train_steps=10",
+                "--learning_rate=2.5",
+                "--precise_bn_images=1000",
+                "--eval_batch_size=500",
+                "--test_split=x",
+            ],
+            dict(
+                steps_per_epoch=195,
+                total_steps=10,
+                epochs=1,
+                warmup_steps=9,
+                peak_learning_rate=2.5,
+                eval_batch=500,
+                eval_steps=20,
+                replicas=2,
+                per_replica_batch=128,
+                test_steps=20,
+                precise_bn_steps=4,
+            ),
+        ),
+    ],
+)
 def test_plan_by_hand(args, expected):
     cfg = config.from_flags(parsed(*args))
     assert recipe.derive(cfg, Data, 2).as_dict() == pytest.approx(expected)

@@ -2,17 +2,16 @@
 
 import os
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 if keras.backend.backend() != "tensorflow":
     pytest.skip("tf.data pipelines need TensorFlow", allow_module_level=True)
 
+import helpers  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import helpers  # noqa: E402
 from tf_lars.data import pipeline, preprocessing  # noqa: E402
 
 HEIGHT, WIDTH = 48, 64
@@ -32,21 +31,34 @@ def example(image, label, boxes=(), fmt="imagenet"):
     if fmt == "tfds":
         feature = {"image": b([image]), "label": i([label]), "file_name": b([b"x.JPEG"])}
     else:
-        feature = {"image/encoded": b([image]), "image/class/label": i([label]),
-                   "image/format": b([b"JPEG"]), "image/filename": b([b"x.JPEG"])}
+        feature = {
+            "image/encoded": b([image]),
+            "image/class/label": i([label]),
+            "image/format": b([b"JPEG"]),
+            "image/filename": b([b"x.JPEG"]),
+        }
         for k, key in enumerate(("ymin", "xmin", "ymax", "xmax")):
             feature[f"image/object/bbox/{key}"] = f([box[k] for box in boxes])
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_shards(folder, split="train", shards=4, per_shard=6, fmt="imagenet",
-                 label_of=lambda shard, k: shard + 1):
+def write_shards(
+    folder,
+    split="train",
+    shards=4,
+    per_shard=6,
+    fmt="imagenet",
+    label_of=lambda shard, k: shard + 1,
+):
     """Shard s holds `per_shard` images labelled `label_of(s, k)` (stored)."""
     os.makedirs(folder, exist_ok=True)
     paths = []
     for s in range(shards):
-        name = (f"imagenet2012-{split}.tfrecord-{s:05d}-of-{shards:05d}" if fmt == "tfds"
-                else f"{split}-{s:05d}-of-{shards:05d}")
+        name = (
+            f"imagenet2012-{split}.tfrecord-{s:05d}-of-{shards:05d}"
+            if fmt == "tfds"
+            else f"{split}-{s:05d}-of-{shards:05d}"
+        )
         path = os.path.join(folder, name)
         with tf.io.TFRecordWriter(path) as w:
             for k in range(per_shard):
@@ -66,8 +78,9 @@ COMMON = dict(image_size=32, num_classes=10)
 def test_training_batches_shapes_dtypes_range_and_labels(tmp_path):
     write_shards(tmp_path)
     for dtype in (tf.float32, tf.bfloat16):
-        ds = helpers.dataset(str(tmp_path), "train", training=True,
-                                   global_batch_size=8, dtype=dtype, **COMMON)
+        ds = helpers.dataset(
+            str(tmp_path), "train", training=True, global_batch_size=8, dtype=dtype, **COMMON
+        )
         images, labels = next(iter(ds))
         assert images.shape == (8, 32, 32, 3) and images.dtype == dtype
         assert labels.dtype == tf.int32
@@ -81,25 +94,39 @@ def test_training_batches_shapes_dtypes_range_and_labels(tmp_path):
 
 def test_label_offset_zero_keeps_stored_labels(tmp_path):
     write_shards(tmp_path, split="validation")
-    _, labels = read_all(helpers.dataset(
-        str(tmp_path), "validation", training=False, global_batch_size=5,
-        label_offset=0, **COMMON))
+    _, labels = read_all(
+        helpers.dataset(
+            str(tmp_path),
+            "validation",
+            training=False,
+            global_batch_size=5,
+            label_offset=0,
+            **COMMON,
+        )
+    )
     assert sorted(set(labels)) == [1, 2, 3, 4] and len(labels) == 24
 
 
 def test_tfds_shards_are_read_with_zero_based_labels(tmp_path):
     write_shards(tmp_path, split="validation", fmt="tfds", label_of=lambda s, k: s)
-    _, labels = read_all(helpers.dataset(
-        str(tmp_path), "validation", training=False, global_batch_size=6,
-        data_format="tfds", **COMMON))
+    _, labels = read_all(
+        helpers.dataset(
+            str(tmp_path),
+            "validation",
+            training=False,
+            global_batch_size=6,
+            data_format="tfds",
+            **COMMON,
+        )
+    )
     assert sorted(labels) == sorted([s for s in range(4) for _ in range(6)])
 
 
 def test_evaluation_is_deterministic_and_complete(tmp_path):
     write_shards(tmp_path, split="validation", shards=3, per_shard=5)
     make = lambda: helpers.dataset(  # noqa: E731
-        str(tmp_path), "validation", training=False, global_batch_size=4,
-        preset="legacy", **COMMON)
+        str(tmp_path), "validation", training=False, global_batch_size=4, preset="legacy", **COMMON
+    )
     first, second = read_all(make()), read_all(make())
     np.testing.assert_array_equal(first[0], second[0])
     assert len(first[1]) == 15  # the last, partial batch is kept in evaluation
@@ -108,7 +135,8 @@ def test_evaluation_is_deterministic_and_complete(tmp_path):
 def test_seeded_training_pipeline_is_repeatable(tmp_path):
     write_shards(tmp_path)
     make = lambda: helpers.dataset(  # noqa: E731
-        str(tmp_path), "train", training=True, global_batch_size=8, seed=7, **COMMON)
+        str(tmp_path), "train", training=True, global_batch_size=8, seed=7, **COMMON
+    )
     a = [x.numpy() for x, _ in make().take(3)]
     b = [x.numpy() for x, _ in make().take(3)]
     np.testing.assert_array_equal(np.stack(a), np.stack(b))
@@ -118,22 +146,41 @@ def test_workers_read_disjoint_files_that_cover_all(tmp_path):
     write_shards(tmp_path, split="validation", shards=4)
     seen = []
     for worker in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
-                                             num_replicas_in_sync=2)
-        _, labels = read_all(helpers.dataset(
-            str(tmp_path), "validation", training=False, global_batch_size=4,
-            input_context=context, label_offset=0, **COMMON))
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2
+        )
+        _, labels = read_all(
+            helpers.dataset(
+                str(tmp_path),
+                "validation",
+                training=False,
+                global_batch_size=4,
+                input_context=context,
+                label_offset=0,
+                **COMMON,
+            )
+        )
         seen.append(set(labels))  # shard s holds label s + 1 only
     assert not seen[0] & seen[1] and seen[0] | seen[1] == {1, 2, 3, 4}
 
 
 def test_per_replica_batch_size(tmp_path):
     write_shards(tmp_path)
-    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
-                                         num_replicas_in_sync=4)
-    images, _ = next(iter(helpers.dataset(
-        str(tmp_path), "train", training=True, global_batch_size=16,
-        input_context=context, **COMMON)))
+    context = tf.distribute.InputContext(
+        num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=4
+    )
+    images, _ = next(
+        iter(
+            helpers.dataset(
+                str(tmp_path),
+                "train",
+                training=True,
+                global_batch_size=16,
+                input_context=context,
+                **COMMON,
+            )
+        )
+    )
     assert images.shape[0] == 4
 
 
@@ -142,9 +189,13 @@ def write_damaged(folder):
     os.makedirs(folder, exist_ok=True)
     good = jpeg(1)
     with tf.io.TFRecordWriter(os.path.join(folder, "train-00000-of-00002")) as w:
-        for record in (example(good, 1), example(good[:len(good) // 2], 2),
-                       example(b"not a jpeg at all" * 4, 3), example(good, 11),
-                       example(good, 2)):
+        for record in (
+            example(good, 1),
+            example(good[: len(good) // 2], 2),
+            example(b"not a jpeg at all" * 4, 3),
+            example(good, 11),
+            example(good, 2),
+        ):
             w.write(record)
     truncated = os.path.join(folder, "train-00001-of-00002")
     with tf.io.TFRecordWriter(truncated) as w:
@@ -158,9 +209,11 @@ def write_damaged(folder):
 def test_bad_records_are_skipped_and_counted(tmp_path):
     write_damaged(str(tmp_path))
     bad = pipeline.BadRecords()
-    _, labels = read_all(helpers.dataset(
-        str(tmp_path), "train", training=False, global_batch_size=2,
-        bad_records=bad, **COMMON))
+    _, labels = read_all(
+        helpers.dataset(
+            str(tmp_path), "train", training=False, global_batch_size=2, bad_records=bad, **COMMON
+        )
+    )
     # 2 good records of shard 0, and the 2 whole records before the damage.
     assert sorted(labels) == [0, 1, 4, 4]
     assert bad.result() == {"damaged_shards": 1, "bad_images": 2, "bad_labels": 1}
@@ -172,8 +225,9 @@ def test_strict_mode_raises_naming_the_shard(tmp_path, damage):
     if damage == "shard":
         os.remove(os.path.join(tmp_path, "train-00000-of-00002"))
         os.rename(truncated, os.path.join(tmp_path, "train-00000-of-00001"))
-    ds = helpers.dataset(str(tmp_path), "train", training=False,
-                               global_batch_size=2, strict=True, **COMMON)
+    ds = helpers.dataset(
+        str(tmp_path), "train", training=False, global_batch_size=2, strict=True, **COMMON
+    )
     with pytest.raises(tf.errors.InvalidArgumentError, match="train-0000") as info:
         read_all(ds)
     assert ("damaged shard" if damage == "shard" else "not a whole JPEG") in str(info.value)
@@ -181,17 +235,24 @@ def test_strict_mode_raises_naming_the_shard(tmp_path, damage):
 
 def test_clear_errors_before_any_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
-        helpers.dataset(str(tmp_path / "missing"), "train", training=True,
-                              global_batch_size=8, **COMMON)
+        helpers.dataset(
+            str(tmp_path / "missing"), "train", training=True, global_batch_size=8, **COMMON
+        )
     with pytest.raises(FileNotFoundError, match="no train shards match"):
-        helpers.dataset(str(tmp_path), "train", training=True,
-                              global_batch_size=8, **COMMON)
+        helpers.dataset(str(tmp_path), "train", training=True, global_batch_size=8, **COMMON)
     write_shards(tmp_path, shards=2)
-    context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=0,
-                                         num_replicas_in_sync=3)
+    context = tf.distribute.InputContext(
+        num_input_pipelines=3, input_pipeline_id=0, num_replicas_in_sync=3
+    )
     with pytest.raises(ValueError, match="2 train shards .* for 3 workers"):
-        helpers.dataset(str(tmp_path), "train", training=True, global_batch_size=9,
-                              input_context=context, **COMMON)
+        helpers.dataset(
+            str(tmp_path),
+            "train",
+            training=True,
+            global_batch_size=9,
+            input_context=context,
+            **COMMON,
+        )
 
 
 def test_box_guided_crops_stay_inside_image_and_cover_the_box():
@@ -199,8 +260,9 @@ def test_box_guided_crops_stay_inside_image_and_cover_the_box():
     box = (0.5, 0.6, 0.9, 1.0)  # ymin, xmin, ymax, xmax: lower right
     boxes = tf.constant([[box]], tf.float32)
     for k in range(50):
-        y, x, h, w = preprocessing.crop_window(shape, boxes, 32, preprocessing.LEGACY,
-                                               seed=tf.constant([k, 3])).numpy()
+        y, x, h, w = preprocessing.crop_window(
+            shape, boxes, 32, preprocessing.LEGACY, seed=tf.constant([k, 3])
+        ).numpy()
         assert 0 <= y and 0 <= x and y + h <= HEIGHT and x + w <= WIDTH and h > 0 and w > 0
         # Overlap with the box, as a fraction of the box (min_object_covered 0.1).
         by0, bx0, by1, bx1 = box[0] * HEIGHT, box[1] * WIDTH, box[2] * HEIGHT, box[3] * WIDTH
@@ -236,8 +298,10 @@ def test_preprocessing_same_eagerly_and_in_dataset_map(preset):
     seed = tf.constant([1, 2], tf.int64)
 
     def both(image_jpeg):
-        return (preprocessing.train_image(image_jpeg, boxes, 32, recipe, seed=seed),
-                preprocessing.eval_image(image_jpeg, 32, recipe))
+        return (
+            preprocessing.train_image(image_jpeg, boxes, 32, recipe, seed=seed),
+            preprocessing.eval_image(image_jpeg, 32, recipe),
+        )
 
     eager = both(tf.constant(data))
     mapped = next(iter(tf.data.Dataset.from_tensors(data).map(both)))
@@ -261,8 +325,7 @@ def test_trainer_pipelines_turn_autotuning_off_only_when_asked(tmp_path):
     from tf_lars.training import inputs
 
     write_shards(tmp_path, "validation", 1, 6)
-    data = inputs.spec("imagenet", str(tmp_path), image_size=32, train_examples=6,
-                       eval_examples=6)
+    data = inputs.spec("imagenet", str(tmp_path), image_size=32, train_examples=6, eval_examples=6)
     context = tf.distribute.InputContext()
     tuned = inputs.dataset_fn(data, 2, False)(context)
     untuned = inputs.dataset_fn(data, 2, False, autotune=False)(context)
@@ -289,12 +352,23 @@ def test_one_host_with_two_replicas_reads_every_record_once_an_epoch(tmp_path):
     from tf_lars.training import inputs
 
     write_shards(tmp_path, "train", shards=4, per_shard=8, label_of=lambda s, k: 8 * s + k)
-    data = inputs.spec("imagenet", str(tmp_path), image_size=16, num_classes=32,
-                       label_offset=0, train_examples=32, eval_examples=32,
-                       shuffle_buffer=64, seed=4)
+    data = inputs.spec(
+        "imagenet",
+        str(tmp_path),
+        image_size=16,
+        num_classes=32,
+        label_offset=0,
+        train_examples=32,
+        eval_examples=32,
+        shuffle_buffer=64,
+        seed=4,
+    )
     strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
-    batches = iter(strategy.distribute_datasets_from_function(
-        inputs.dataset_fn(data, 8, True, autotune=False)))
+    batches = iter(
+        strategy.distribute_datasets_from_function(
+            inputs.dataset_fn(data, 8, True, autotune=False)
+        )
+    )
     ids = []
     for _ in range(32 // 8):  # one epoch of global batches of 8
         _, labels = next(batches)

@@ -8,13 +8,13 @@ Backend-neutral: test_backends.py runs them under JAX and torch too.
 
 import pickle
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from keras import ops
-from tf_lars import LARS
 from test_optimizer import numpy_lars, run
+
+from tf_lars import LARS
 
 BACKEND = keras.backend.backend()
 HP = dict(learning_rate=0.5, momentum=0.9, weight_decay=0.01, trust_coefficient=0.05)
@@ -25,16 +25,16 @@ def problem(steps=4, seed=3, scale=1.0):
     """A kernel (decayed, adapted), a bias (neither) and their gradients."""
     rng = np.random.default_rng(seed)
     init = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
-    grads = [[scale * rng.normal(size=(3, 4)), scale * rng.normal(size=(4,))]
-             for _ in range(steps)]
+    grads = [
+        [scale * rng.normal(size=(3, 4)), scale * rng.normal(size=(4,))] for _ in range(steps)
+    ]
     return init, grads
 
 
 def reference(init, grads):
     """numpy_lars on the kernel and the bias of `problem`."""
     kernel = numpy_lars(init["kernel"], [g[0] for g in grads], 0.5, **NP_HP)
-    bias = numpy_lars(init["bias"], [g[1] for g in grads], 0.5, decay=False,
-                      adapt=False, **NP_HP)
+    bias = numpy_lars(init["bias"], [g[1] for g in grads], 0.5, decay=False, adapt=False, **NP_HP)
     return [kernel, bias]
 
 
@@ -67,7 +67,7 @@ def test_gradient_clipping_comes_before_the_rule(clip):
         elif clip == "clipnorm":
             pair = [g * min(1.0, limit / np.linalg.norm(g)) for g in (kernel_g, bias_g)]
         else:
-            total = np.sqrt(sum(np.sum(g ** 2) for g in (kernel_g, bias_g)))
+            total = np.sqrt(sum(np.sum(g**2) for g in (kernel_g, bias_g)))
             pair = [g * min(1.0, limit / total) for g in (kernel_g, bias_g)]
         clipped.append(pair)
     got = run(LARS(**HP, **{clip: limit}), init, grads)
@@ -97,7 +97,7 @@ def test_fit_matches_numpy_gradients_and_rule():
     grads = []
     want = w
     for i in range(len(x)):  # each gradient at the weights of its step
-        xi, yi = x[i:i + 1].astype(np.float64), y[i:i + 1].astype(np.float64)
+        xi, yi = x[i : i + 1].astype(np.float64), y[i : i + 1].astype(np.float64)
         grads.append(2.0 * xi.T @ (xi @ want - yi) / yi.size)
         want = numpy_lars(w, grads, 0.5, **NP_HP)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -156,7 +156,8 @@ def stateless_run(opt, init, grads_per_step):
     values, state = [v.value for v in variables], [v.value for v in opt.variables]
     for grads in grads_per_step:
         values, state = opt.stateless_apply(
-            state, [ops.convert_to_tensor(np.float32(g)) for g in grads], values)
+            state, [ops.convert_to_tensor(np.float32(g)) for g in grads], values
+        )
     for v, value in zip(opt.variables, state):
         v.assign(value)
     return [ops.convert_to_numpy(v) for v in values]
@@ -164,15 +165,17 @@ def stateless_run(opt, init, grads_per_step):
 
 def test_loss_scale_optimizer_unscales_and_skips_non_finite_steps():
     init, grads = problem()
-    scale = 2.0 ** 10
+    scale = 2.0**10
     opt = keras.optimizers.LossScaleOptimizer(LARS(**HP), initial_scale=scale)
     # Under JAX its stateful `apply` does not trace (a Keras limit): go stateless.
     apply = stateless_run if BACKEND == "jax" else run
     # One step with an overflowed gradient among the real ones: skipped.
     # After it the scale halves, and the later gradients are scaled by that.
-    poisoned = ([[g * scale for g in step] for step in grads[:2]]
-                + [[np.full((3, 4), np.inf), np.ones(4)]]
-                + [[g * scale / 2 for g in step] for step in grads[2:]])
+    poisoned = (
+        [[g * scale for g in step] for step in grads[:2]]
+        + [[np.full((3, 4), np.inf), np.ones(4)]]
+        + [[g * scale / 2 for g in step] for step in grads[2:]]
+    )
     got = apply(opt, init, poisoned)
     assert_all_close(got, reference(init, grads))
     assert float(ops.convert_to_numpy(opt.dynamic_scale)) == scale / 2
@@ -185,8 +188,9 @@ def test_variable_constraints_apply_after_each_step():
     w0 = np.abs(rng.normal(size=(3, 4))) * 0.1
     layer.kernel.assign(w0.astype(np.float32))
     grads = [rng.normal(size=(3, 4)) for _ in range(4)]
-    opt = LARS(learning_rate=1.0, momentum=0.0, trust_coefficient=0.5,
-               exclude_from_weight_decay=[])
+    opt = LARS(
+        learning_rate=1.0, momentum=0.0, trust_coefficient=0.5, exclude_from_weight_decay=[]
+    )
     want = w0
     for g in grads:
         opt.apply([ops.convert_to_tensor(g.astype(np.float32))], layer.trainable_variables)
@@ -223,15 +227,23 @@ def test_pickled_optimizer_keeps_its_config_and_rule():
 
 def test_overwrite_with_gradient_variables_take_the_gradient_and_keep_the_masks():
     init, grads = problem()
-    variables = [keras.Variable(np.float32(init["kernel"]), name="kernel"),
-                 keras.Variable(np.zeros(2, np.float32), name="amax_history"),
-                 keras.Variable(np.float32(init["bias"]), name="bias")]
+    variables = [
+        keras.Variable(np.float32(init["kernel"]), name="kernel"),
+        keras.Variable(np.zeros(2, np.float32), name="amax_history"),
+        keras.Variable(np.float32(init["bias"]), name="bias"),
+    ]
     variables[1].overwrite_with_gradient = True
     opt = LARS(**HP)
     history = [np.float32([i, -i]) for i in range(len(grads))]
     for step, h in zip(grads, history):
-        opt.apply([ops.convert_to_tensor(np.float32(step[0])), ops.convert_to_tensor(h),
-                   ops.convert_to_tensor(np.float32(step[1]))], variables)
+        opt.apply(
+            [
+                ops.convert_to_tensor(np.float32(step[0])),
+                ops.convert_to_tensor(h),
+                ops.convert_to_tensor(np.float32(step[1])),
+            ],
+            variables,
+        )
     kernel, amax, bias = (ops.convert_to_numpy(v) for v in variables)
     np.testing.assert_array_equal(amax, history[-1])
     assert_all_close([kernel, bias], reference(init, grads))
@@ -245,8 +257,7 @@ def test_iterations_count_applied_steps_and_accumulation_averages():
     accumulating = LARS(gradient_accumulation_steps=3, **HP)
     got = run(accumulating, init, grads)
     assert int(ops.convert_to_numpy(accumulating.iterations)) == 2
-    means = [[np.mean([g[i] for g in grads[k:k + 3]], axis=0) for i in range(2)]
-             for k in (0, 3)]
+    means = [[np.mean([g[i] for g in grads[k : k + 3]], axis=0) for i in range(2)] for k in (0, 3)]
     assert_all_close(got, reference(init, means))
 
 
@@ -255,8 +266,9 @@ def _sparse(rows, values, shape):
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        return tf.IndexedSlices(tf.constant(values, tf.float32), tf.constant(rows),
-                                tf.constant(shape))
+        return tf.IndexedSlices(
+            tf.constant(values, tf.float32), tf.constant(rows), tf.constant(shape)
+        )
     indices = np.array([[r, c] for r in rows for c in range(shape[1])])
     entries = np.float32(values).reshape(-1)
     if BACKEND == "torch":  # what a custom loop's sparse embedding gives
@@ -276,8 +288,13 @@ def test_sparse_gradients_equal_their_dense_form():
     dense = np.zeros((6, 3))
     np.add.at(dense, rows, values)
     for momentum in (0.0, 0.9):
-        kw = dict(learning_rate=0.5, momentum=momentum, weight_decay=0.01,
-                  trust_coefficient=0.05, exclude_from_weight_decay=[])
+        kw = dict(
+            learning_rate=0.5,
+            momentum=momentum,
+            weight_decay=0.01,
+            trust_coefficient=0.05,
+            exclude_from_weight_decay=[],
+        )
         variable = keras.Variable(np.float32(table), name="embeddings")
         opt = LARS(**kw)
         for _ in range(2):
@@ -294,13 +311,19 @@ def test_an_embedding_trains_as_its_one_hot_matmul_does():
     table = rng.normal(size=(12, 4)).astype(np.float32)
 
     def fit(lookup, inputs, dtype):
-        model = keras.Sequential([keras.Input(inputs.shape[1:], dtype=dtype), lookup,
-                                  keras.layers.GlobalAveragePooling1D(),
-                                  keras.layers.Dense(1, kernel_initializer="ones",
-                                                     name="head")])
+        model = keras.Sequential(
+            [
+                keras.Input(inputs.shape[1:], dtype=dtype),
+                lookup,
+                keras.layers.GlobalAveragePooling1D(),
+                keras.layers.Dense(1, kernel_initializer="ones", name="head"),
+            ]
+        )
         lookup.weights[0].assign(table)
-        model.compile(optimizer=LARS(learning_rate=1.0, weight_decay=1e-3,
-                                     trust_coefficient=0.02), loss="mse")
+        model.compile(
+            optimizer=LARS(learning_rate=1.0, weight_decay=1e-3, trust_coefficient=0.02),
+            loss="mse",
+        )
         model.fit(inputs, labels, batch_size=8, epochs=2, shuffle=False, verbose=0)
         return ops.convert_to_numpy(lookup.weights[0])
 

@@ -1,9 +1,9 @@
 """Models: published parameter counts, the v1.5 stride, in-model normalization."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from tf_lars import models
 
 
@@ -58,18 +58,30 @@ def test_uint8_input_is_normalized_inside_the_model():
     model = models.build("resnet20", image_size=32, input_dtype="uint8", mean=mean, std=std)
     assert model.input.dtype == "uint8"
     first = keras.Model(model.input, model.get_layer("normalize").output)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(first(pixels)),
-                               (pixels - np.array(mean)) / np.array(std), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(first(pixels)),
+        (pixels - np.array(mean)) / np.array(std),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     # Float input is taken as normalized already: no normalization layer.
     assert "normalize" not in [layer.name for layer in models.build("resnet20").layers]
     # One mean for all channels is repeated; three for one channel is an error.
-    gray = models.build("resnet8", image_size=8, channels=3, input_dtype="uint8",
-                        mean=(100.0,), std=(50.0,))
+    gray = models.build(
+        "resnet8", image_size=8, channels=3, input_dtype="uint8", mean=(100.0,), std=(50.0,)
+    )
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(gray.get_layer("normalize").mean).ravel(), [100.0] * 3)
+        keras.ops.convert_to_numpy(gray.get_layer("normalize").mean).ravel(), [100.0] * 3
+    )
     with pytest.raises(ValueError, match=r"mean \(1.0, 2.0, 3.0\) has 3 values for 1 channels"):
-        models.build("resnet8", image_size=8, channels=1, input_dtype="uint8",
-                     mean=(1.0, 2.0, 3.0), std=(1.0,))
+        models.build(
+            "resnet8",
+            image_size=8,
+            channels=1,
+            input_dtype="uint8",
+            mean=(1.0, 2.0, 3.0),
+            std=(1.0,),
+        )
 
 
 def test_each_layer_draws_its_own_weights_and_a_seed_repeats_them_across_processes():
@@ -84,13 +96,19 @@ def test_each_layer_draws_its_own_weights_and_a_seed_repeats_them_across_process
     assert first.shape == second.shape
     assert not np.allclose(keras.ops.convert_to_numpy(first), keras.ops.convert_to_numpy(second))
     # A fresh process with the same seed builds the same weights.
-    script = ("import hashlib, keras, numpy as np; from tf_lars import models; "
-              "keras.utils.set_random_seed(4); "
-              "m = models.build('resnet8', image_size=8, channels=1); "
-              "print(hashlib.md5(b''.join(np.asarray(w).tobytes() "
-              "for w in m.get_weights())).hexdigest())")
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                           check=True).stdout.split()[-1] for _ in range(2)]
+    script = (
+        "import hashlib, keras, numpy as np; from tf_lars import models; "
+        "keras.utils.set_random_seed(4); "
+        "m = models.build('resnet8', image_size=8, channels=1); "
+        "print(hashlib.md5(b''.join(np.asarray(w).tobytes() "
+        "for w in m.get_weights())).hexdigest())"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+        for _ in range(2)
+    ]
     here = hashlib.md5(b"".join(np.asarray(w).tobytes() for w in model.get_weights()))
     assert runs[0] == runs[1] == here.hexdigest()
 
@@ -114,15 +132,20 @@ def test_one_pass_batch_norm_matches_keras(policy):
     for layer in (ours, theirs):
         layer.build(x.shape)
         layer.gamma.assign(gamma)
-    outputs = [keras.ops.convert_to_numpy(keras.ops.cast(layer(x, training=True), "float32"))
-               for layer in (ours, theirs)]
+    outputs = [
+        keras.ops.convert_to_numpy(keras.ops.cast(layer(x, training=True), "float32"))
+        for layer in (ours, theirs)
+    ]
     tolerance = 1e-4 if policy == "float32" else 2e-2
     np.testing.assert_allclose(outputs[0], outputs[1], atol=tolerance)
     for name in ("moving_mean", "moving_variance"):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(getattr(ours, name)),
-                                   keras.ops.convert_to_numpy(getattr(theirs, name)),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(getattr(ours, name)),
+            keras.ops.convert_to_numpy(getattr(theirs, name)),
+            rtol=1e-5,
+        )
     # And against numpy: (x - mean) / sqrt(var + eps) * gamma over N, H, W.
     mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
-    np.testing.assert_allclose(outputs[0], (x - mean) / np.sqrt(var + 1e-5) * gamma,
-                               atol=tolerance)
+    np.testing.assert_allclose(
+        outputs[0], (x - mean) / np.sqrt(var + 1e-5) * gamma, atol=tolerance
+    )

@@ -4,17 +4,29 @@ Backend-neutral: these tests use only `keras` and numpy, so they also run
 under KERAS_BACKEND=jax (see test_backends.py).
 """
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import tf_lars
 from tf_lars import LARS
 
 
-def numpy_lars(w, grads, lr, momentum=0.9, nesterov=False, wd=0.0, eta=1e-3,
-               eps=0.0, form="paper", decay=True, adapt=True, clip=False,
-               rate_outside=False):
+def numpy_lars(
+    w,
+    grads,
+    lr,
+    momentum=0.9,
+    nesterov=False,
+    wd=0.0,
+    eta=1e-3,
+    eps=0.0,
+    form="paper",
+    decay=True,
+    adapt=True,
+    clip=False,
+    rate_outside=False,
+):
     """The rule of the paper, in float64, one variable, a list of gradients.
 
     `lr` is a number or a list of one rate per step. `rate_outside=True` is
@@ -49,13 +61,9 @@ def numpy_lars(w, grads, lr, momentum=0.9, nesterov=False, wd=0.0, eta=1e-3,
 
 def run(opt, initial, grads_per_step):
     """Applies `grads_per_step` (list of lists) to fresh variables."""
-    variables = [
-        keras.Variable(np.array(x, np.float32), name=name)
-        for name, x in initial.items()
-    ]
+    variables = [keras.Variable(np.array(x, np.float32), name=name) for name, x in initial.items()]
     for grads in grads_per_step:
-        opt.apply([keras.ops.convert_to_tensor(np.array(g, np.float32)) for g in grads],
-                  variables)
+        opt.apply([keras.ops.convert_to_tensor(np.array(g, np.float32)) for g in grads], variables)
     return [keras.ops.convert_to_numpy(v) for v in variables]
 
 
@@ -66,14 +74,21 @@ def test_five_steps_match_numpy_reference(form, momentum, nesterov):
     kernel, bias = rng.normal(size=(3, 4)), rng.normal(size=(4,))
     grads = [[rng.normal(size=(3, 4)), rng.normal(size=(4,))] for _ in range(5)]
     kw = dict(momentum=momentum, nesterov=nesterov, wd=0.01, eta=0.05)
-    opt = LARS(learning_rate=0.5, momentum=momentum, nesterov=nesterov,
-               weight_decay=0.01, trust_coefficient=0.05, trust_ratio=form)
+    opt = LARS(
+        learning_rate=0.5,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=0.01,
+        trust_coefficient=0.05,
+        trust_ratio=form,
+    )
     got_kernel, got_bias = run(opt, {"kernel": kernel, "bias": bias}, grads)
     # The kernel (rank 2) is decayed and adapted; the bias (rank 1) is
     # excluded from both by default.
     want_kernel = numpy_lars(kernel, [g[0] for g in grads], 0.5, form=form, **kw)
-    want_bias = numpy_lars(bias, [g[1] for g in grads], 0.5, form=form,
-                           decay=False, adapt=False, **kw)
+    want_bias = numpy_lars(
+        bias, [g[1] for g in grads], 0.5, form=form, decay=False, adapt=False, **kw
+    )
     np.testing.assert_allclose(got_kernel, want_kernel, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_bias, want_bias, rtol=1e-5, atol=1e-6)
     assert np.abs(got_kernel - kernel).max() > 1e-2  # the test moves weights
@@ -83,14 +98,27 @@ def test_five_steps_match_numpy_reference(form, momentum, nesterov):
 def test_scheduled_rate_sits_inside_the_momentum_buffer(nesterov):
     # Warmup over 3 steps to 2.0, then polynomial decay (power 2) to 0 at
     # step 8: the rates of steps 0..7 worked out by hand from the formula.
-    rates = [0.0, 2 / 3, 4 / 3, 2.0, 2 * (4 / 5) ** 2, 2 * (3 / 5) ** 2, 2 * (2 / 5) ** 2,
-             2 * (1 / 5) ** 2]
+    rates = [
+        0.0,
+        2 / 3,
+        4 / 3,
+        2.0,
+        2 * (4 / 5) ** 2,
+        2 * (3 / 5) ** 2,
+        2 * (2 / 5) ** 2,
+        2 * (1 / 5) ** 2,
+    ]
     schedule = tf_lars.schedules.WarmupPolynomialDecay(2.0, total_steps=8, warmup_steps=3)
     rng = np.random.default_rng(4)
     kernel = rng.normal(size=(3, 4))
     grads = [[rng.normal(size=(3, 4))] for _ in rates]
-    opt = LARS(learning_rate=schedule, momentum=0.9, nesterov=nesterov, weight_decay=0.01,
-               trust_coefficient=0.05)
+    opt = LARS(
+        learning_rate=schedule,
+        momentum=0.9,
+        nesterov=nesterov,
+        weight_decay=0.01,
+        trust_coefficient=0.05,
+    )
     (got,) = run(opt, {"kernel": kernel}, grads)
     kw = dict(nesterov=nesterov, wd=0.01, eta=0.05)
     inside = numpy_lars(kernel, [g[0] for g in grads], rates, **kw)
@@ -107,25 +135,37 @@ def test_single_step_by_hand():
     # v = lr * r * [0.9, 1.2] = 2/30 * [0.9, 1.2] = [0.06, 0.08].
     # Here g is parallel to w, so ||g + wd*w|| = 1.5 too: both forms agree.
     for form in ("paper", "decayed_gradient"):
-        opt = LARS(learning_rate=2.0, weight_decay=0.1, trust_coefficient=0.01,
-                   trust_ratio=form, exclude_from_weight_decay=[])
+        opt = LARS(
+            learning_rate=2.0,
+            weight_decay=0.1,
+            trust_coefficient=0.01,
+            trust_ratio=form,
+            exclude_from_weight_decay=[],
+        )
         (w,) = run(opt, {"w": [3.0, 4.0]}, [[[0.6, 0.8]]])
         np.testing.assert_allclose(w, [2.94, 3.92], rtol=1e-6)
 
 
 def ratio_after_one_step(form, w, g, wd, eta, eps=0.0):
-    opt = LARS(learning_rate=1.0, momentum=0.0, weight_decay=wd, epsilon=eps,
-               trust_coefficient=eta, trust_ratio=form,
-               exclude_from_weight_decay=[], track_trust_ratios=True)
+    opt = LARS(
+        learning_rate=1.0,
+        momentum=0.0,
+        weight_decay=wd,
+        epsilon=eps,
+        trust_coefficient=eta,
+        trust_ratio=form,
+        exclude_from_weight_decay=[],
+        track_trust_ratios=True,
+    )
     (new_w,) = run(opt, {"w": w}, [[g]])
     ((path, (ratio, w_norm, g_norm)),) = opt.trust_ratio_stats().items()
     assert path == "w"
-    np.testing.assert_allclose([w_norm, g_norm],
-                               [np.linalg.norm(w), np.linalg.norm(g)], rtol=1e-6)
+    np.testing.assert_allclose([w_norm, g_norm], [np.linalg.norm(w), np.linalg.norm(g)], rtol=1e-6)
     # The step itself must carry that ratio: w - new_w = r * (g + wd * w).
     step = np.asarray(w) - new_w  # float32: error up to eps * |w|
-    np.testing.assert_allclose(step, ratio * (np.asarray(g) + wd * np.asarray(w)),
-                               rtol=1e-4, atol=2e-7 * np.abs(w).max())
+    np.testing.assert_allclose(
+        step, ratio * (np.asarray(g) + wd * np.asarray(w)), rtol=1e-4, atol=2e-7 * np.abs(w).max()
+    )
     return ratio
 
 
@@ -136,18 +176,25 @@ def test_published_trust_ratios():
     np.testing.assert_allclose(paper, 0.0126710, rtol=1e-5)
     np.testing.assert_allclose(decayed, 0.0136293, rtol=1e-5)
     # torchlars tests/test_compute_adaptive_lr.py: ||w|| = 1.234, ||g|| = 5.678.
-    torchlars = ratio_after_one_step("paper", [1.234, 0.0], [0.0, 5.678],
-                                     wd=1e-4, eta=1e-3, eps=1e-8)
+    torchlars = ratio_after_one_step(
+        "paper", [1.234, 0.0], [0.0, 5.678], wd=1e-4, eta=1e-3, eps=1e-8
+    )
     np.testing.assert_allclose(torchlars, 0.000217325, rtol=1e-5)
 
 
 @pytest.mark.parametrize("form", ["paper", "decayed_gradient"])
-@pytest.mark.parametrize("w,g", [([0.0, 0.0], [1.0, 2.0]), ([1.0, 2.0], [0.0, 0.0]),
-                                 ([0.0, 0.0], [0.0, 0.0])])
+@pytest.mark.parametrize(
+    "w,g", [([0.0, 0.0], [1.0, 2.0]), ([1.0, 2.0], [0.0, 0.0]), ([0.0, 0.0], [0.0, 0.0])]
+)
 def test_zero_norm_gives_ratio_one_and_no_nan(form, w, g):
-    opt = LARS(learning_rate=0.5, momentum=0.0, trust_ratio=form,
-               trust_coefficient=0.01, exclude_from_weight_decay=[],
-               track_trust_ratios=True)
+    opt = LARS(
+        learning_rate=0.5,
+        momentum=0.0,
+        trust_ratio=form,
+        trust_coefficient=0.01,
+        exclude_from_weight_decay=[],
+        track_trust_ratios=True,
+    )
     (new_w,) = run(opt, {"w": w}, [[g]])
     assert np.all(np.isfinite(new_w))
     assert opt.trust_ratio_stats()["w"][0] == 1.0
@@ -172,17 +219,25 @@ def test_clip_keeps_local_rate_below_global():
     # eta = 1, ||w|| = 5, ||g|| = 1: r = 5, so lr * r = 0.5 > lr = 0.1.
     # Clipped, r = min(5 / 0.1, 1) = 1 and the step is lr * g.
     for clip, factor in ((False, 0.5), (True, 0.1)):
-        opt = LARS(learning_rate=0.1, momentum=0.0, trust_coefficient=1.0,
-                   clip_trust_ratio=clip, exclude_from_weight_decay=[])
+        opt = LARS(
+            learning_rate=0.1,
+            momentum=0.0,
+            trust_coefficient=1.0,
+            clip_trust_ratio=clip,
+            exclude_from_weight_decay=[],
+        )
         (w,) = run(opt, {"w": [3.0, 4.0]}, [[[0.6, 0.8]]])
         np.testing.assert_allclose(w, [3.0 - factor * 0.6, 4.0 - factor * 0.8], rtol=1e-6)
     rng = np.random.default_rng(3)
     w0, grads = rng.normal(size=5), [rng.normal(size=5) for _ in range(3)]
-    opt = LARS(learning_rate=0.3, trust_coefficient=0.02, clip_trust_ratio=True,
-               exclude_from_weight_decay=[])
+    opt = LARS(
+        learning_rate=0.3,
+        trust_coefficient=0.02,
+        clip_trust_ratio=True,
+        exclude_from_weight_decay=[],
+    )
     (w,) = run(opt, {"w": w0}, [[g] for g in grads])
-    np.testing.assert_allclose(w, numpy_lars(w0, grads, 0.3, eta=0.02, clip=True),
-                               rtol=1e-5)
+    np.testing.assert_allclose(w, numpy_lars(w0, grads, 0.3, eta=0.02, clip=True), rtol=1e-5)
 
 
 @pytest.mark.parametrize("momentum,nesterov", [(0.9, False), (0.9, True), (0.0, False)])
@@ -190,21 +245,24 @@ def test_everything_excluded_equals_keras_sgd(momentum, nesterov):
     rng = np.random.default_rng(4)
     init = {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}
     grads = [[rng.normal(size=(3, 4)), rng.normal(size=(4,))] for _ in range(5)]
-    lars = LARS(learning_rate=0.1, momentum=momentum, nesterov=nesterov,
-                exclude_from_weight_decay=[".*"])
+    lars = LARS(
+        learning_rate=0.1, momentum=momentum, nesterov=nesterov, exclude_from_weight_decay=[".*"]
+    )
     sgd = keras.optimizers.SGD(learning_rate=0.1, momentum=momentum, nesterov=nesterov)
     for got, want in zip(run(lars, init, grads), run(sgd, init, grads)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_masks_match_paths_and_default_to_rank():
-    model = keras.Sequential([
-        keras.Input((4, 4, 2)),
-        keras.layers.Conv2D(3, 3, name="conv"),
-        keras.layers.BatchNormalization(name="bn"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(2, name="head"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 2)),
+            keras.layers.Conv2D(3, 3, name="conv"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, name="head"),
+        ]
+    )
     rng = np.random.default_rng(6)
     for v in model.trainable_variables:  # biases and beta start at 0: move them
         v.assign(rng.uniform(0.5, 1.0, size=v.shape))
@@ -212,16 +270,16 @@ def test_masks_match_paths_and_default_to_rank():
     zero_grads = [np.zeros(v.shape, np.float32) for v in model.trainable_variables]
 
     def decayed_and_adapted(**kwargs):
-        opt = LARS(learning_rate=1.0, momentum=0.0, weight_decay=0.5,
-                   track_trust_ratios=True, **kwargs)
+        opt = LARS(
+            learning_rate=1.0, momentum=0.0, weight_decay=0.5, track_trust_ratios=True, **kwargs
+        )
         before = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
         opt.apply(zero_grads, model.trainable_variables)
         after = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
         for v, b in zip(model.trainable_variables, before):
             v.assign(b)
         # A zero gradient moves a variable only through decay.
-        decayed = {p for p, b, a in zip(paths, before, after)
-                   if np.abs(a - b).max() > 0}
+        decayed = {p for p, b, a in zip(paths, before, after) if np.abs(a - b).max() > 0}
         adapted = {p.removeprefix(model.name + "/") for p in opt.trust_ratio_stats()}
         return decayed, adapted
 
@@ -230,7 +288,8 @@ def test_masks_match_paths_and_default_to_rank():
     decayed, adapted = decayed_and_adapted(exclude_from_weight_decay=["bn/", "bias"])
     assert decayed == adapted == kernels
     decayed, adapted = decayed_and_adapted(
-        exclude_from_weight_decay=["head"], exclude_from_layer_adaptation=["conv/bias"])
+        exclude_from_weight_decay=["head"], exclude_from_layer_adaptation=["conv/bias"]
+    )
     assert decayed == {"conv/kernel", "conv/bias", "bn/gamma", "bn/beta"}
     assert adapted == set(paths) - {"conv/bias"}
     decayed, adapted = decayed_and_adapted(exclude_from_layer_adaptation=["bn"])
@@ -240,12 +299,22 @@ def test_masks_match_paths_and_default_to_rank():
 
 def test_config_round_trip_rebuilds_identical_optimizer():
     schedule = tf_lars.schedules.WarmupPolynomialDecay(2.0, total_steps=10, warmup_steps=2)
-    opt = LARS(learning_rate=schedule, momentum=0.8, nesterov=True,
-               weight_decay=5e-4, trust_coefficient=0.02, epsilon=1e-9,
-               trust_ratio="decayed_gradient", clip_trust_ratio=True,
-               exclude_from_weight_decay=["bias", "gamma"],
-               exclude_from_layer_adaptation=["beta"], track_trust_ratios=True,
-               global_clipnorm=5.0, use_ema=True, gradient_accumulation_steps=2)
+    opt = LARS(
+        learning_rate=schedule,
+        momentum=0.8,
+        nesterov=True,
+        weight_decay=5e-4,
+        trust_coefficient=0.02,
+        epsilon=1e-9,
+        trust_ratio="decayed_gradient",
+        clip_trust_ratio=True,
+        exclude_from_weight_decay=["bias", "gamma"],
+        exclude_from_layer_adaptation=["beta"],
+        track_trust_ratios=True,
+        global_clipnorm=5.0,
+        use_ema=True,
+        gradient_accumulation_steps=2,
+    )
     clone = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
     assert isinstance(clone, LARS)
     assert clone.get_config() == opt.get_config()
@@ -267,14 +336,17 @@ def test_found_by_name_after_import():
     assert keras.optimizers.get(config).momentum == 0.5
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"momentum": 1.0}, "momentum=1.0"),
-    ({"weight_decay": -1.0}, "weight_decay=-1.0"),
-    ({"trust_coefficient": 0.0}, "trust_coefficient=0.0"),
-    ({"epsilon": -1e-3}, "epsilon=-0.001"),
-    ({"trust_ratio": "lamb"}, "trust_ratio='lamb'"),
-    ({"exclude_from_weight_decay": ["(unclosed"]}, "exclude_from_weight_decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"momentum": 1.0}, "momentum=1.0"),
+        ({"weight_decay": -1.0}, "weight_decay=-1.0"),
+        ({"trust_coefficient": 0.0}, "trust_coefficient=0.0"),
+        ({"epsilon": -1e-3}, "epsilon=-0.001"),
+        ({"trust_ratio": "lamb"}, "trust_ratio='lamb'"),
+        ({"exclude_from_weight_decay": ["(unclosed"]}, "exclude_from_weight_decay"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         LARS(**kwargs)

@@ -3,20 +3,18 @@ precision, gradient accumulation, tf.distribute and checkpoints."""
 
 import os
 
+import keras
 import numpy as np
 import pytest
 
-import keras
-
 if keras.backend.backend() != "tensorflow":
-    pytest.skip("tf.distribute and tf.train tests need the TF backend",
-                allow_module_level=True)
+    pytest.skip("tf.distribute and tf.train tests need the TF backend", allow_module_level=True)
 
 import tensorflow as tf  # noqa: E402
+from test_optimizer import numpy_lars  # noqa: E402
 
 import tf_lars  # noqa: E402
 from tf_lars import LARS  # noqa: E402
-from test_optimizer import numpy_lars  # noqa: E402
 
 HP = dict(learning_rate=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.02)
 
@@ -26,8 +24,11 @@ def make_model(batch_norm=False, seed=0):
     layers = [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv")]
     if batch_norm:
         layers.append(keras.layers.BatchNormalization(name="bn"))
-    layers += [keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(),
-               keras.layers.Dense(5, name="head")]
+    layers += [
+        keras.layers.ReLU(),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(5, name="head"),
+    ]
     return keras.Sequential(layers, name="net")
 
 
@@ -66,7 +67,7 @@ def test_fit_matches_tape_gradients_with_numpy_update():
         for v, w in zip(ref.trainable_variables, weights):
             v.assign(w.astype(np.float32))
         with tf.GradientTape() as tape:
-            loss = LOSS(y[start:start + 16], ref(x[start:start + 16], training=True))
+            loss = LOSS(y[start : start + 16], ref(x[start : start + 16], training=True))
         grads = tape.gradient(loss, ref.trainable_variables)
         for i, (w, g) in enumerate(zip(weights, grads)):
             rank2 = w.ndim > 1
@@ -101,10 +102,15 @@ def test_custom_loop_apply_gradients_matches_numpy_reference():
     for _ in range(3):
         grads_seen.append(train_step().numpy())
     # The conv kernel's gradient at each step was returned: replay the rule.
-    want = numpy_lars(kernel0, grads_seen, HP["learning_rate"], momentum=0.9,
-                      wd=HP["weight_decay"], eta=HP["trust_coefficient"])
-    np.testing.assert_allclose(model.get_layer("conv").kernel.numpy(), want,
-                               rtol=1e-5, atol=1e-6)
+    want = numpy_lars(
+        kernel0,
+        grads_seen,
+        HP["learning_rate"],
+        momentum=0.9,
+        wd=HP["weight_decay"],
+        eta=HP["trust_coefficient"],
+    )
+    np.testing.assert_allclose(model.get_layer("conv").kernel.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_jit_compile_matches_eager_graph():
@@ -138,8 +144,9 @@ def test_mixed_precision_sees_unscaled_gradients(policy):
 def test_gradient_accumulation_equals_larger_batch():
     x, y = data()
     big = fit(make_model(), LARS(**HP), x, y, batch_size=32, epochs=2)
-    accumulated = fit(make_model(), LARS(gradient_accumulation_steps=4, **HP),
-                      x, y, batch_size=8, epochs=2)
+    accumulated = fit(
+        make_model(), LARS(gradient_accumulation_steps=4, **HP), x, y, batch_size=8, epochs=2
+    )
     assert_weights_close(accumulated, big)
 
 
@@ -162,8 +169,12 @@ def run_epochs(model, x, y, epochs):
 def compiled_model():
     model = make_model(batch_norm=True)
     schedule = tf_lars.schedules.WarmupPolynomialDecay(0.5, total_steps=12, warmup_steps=3)
-    model.compile(optimizer=LARS(learning_rate=schedule, momentum=0.9,
-                                 weight_decay=1e-3, trust_coefficient=0.02), loss=LOSS)
+    model.compile(
+        optimizer=LARS(
+            learning_rate=schedule, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.02
+        ),
+        loss=LOSS,
+    )
     return model
 
 
@@ -190,11 +201,13 @@ def test_keras_file_resume_equals_uninterrupted(tmp_path):
 def test_tf_checkpoint_resume_equals_uninterrupted(tmp_path):
     x, y, straight, first = uninterrupted_and_first_epoch()
     path = tf.train.Checkpoint(model=first, optimizer=first.optimizer).save(
-        os.path.join(tmp_path, "ckpt"))
+        os.path.join(tmp_path, "ckpt")
+    )
     resumed = compiled_model()
     resumed.optimizer.build(resumed.trainable_variables)
     tf.train.Checkpoint(model=resumed, optimizer=resumed.optimizer).restore(
-        path).assert_existing_objects_matched()
+        path
+    ).assert_existing_objects_matched()
     assert int(resumed.optimizer.iterations.numpy()) == 4
     run_epochs(resumed, x, y, 2)
     assert_weights_close(resumed.get_weights(), straight.get_weights())
@@ -205,22 +218,28 @@ def test_lars_trains_a_convnet_on_fashion_mnist(fashion_mnist):
     test_images, test_labels = fashion_mnist.load("test")
     x = images[:8192, :, :, None].astype(np.float32) / 255.0
     y = labels[:8192]
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
-        keras.layers.Conv2D(32, 3, strides=2, activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
+            keras.layers.Conv2D(32, 3, strides=2, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
     steps = 5 * 8192 // 256
     schedule = tf_lars.schedules.WarmupPolynomialDecay(
-        1.0, total_steps=steps, warmup_steps=steps // 6)
-    model.compile(optimizer=LARS(learning_rate=schedule, weight_decay=1e-4,
-                                 trust_coefficient=0.01),
-                  loss=LOSS, metrics=["accuracy"])
+        1.0, total_steps=steps, warmup_steps=steps // 6
+    )
+    model.compile(
+        optimizer=LARS(learning_rate=schedule, weight_decay=1e-4, trust_coefficient=0.01),
+        loss=LOSS,
+        metrics=["accuracy"],
+    )
     model.fit(x, y, batch_size=256, epochs=5, verbose=0)
-    _, accuracy = model.evaluate(test_images[:2000, :, :, None] / 255.0,
-                                 test_labels[:2000], verbose=0)
+    _, accuracy = model.evaluate(
+        test_images[:2000, :, :, None] / 255.0, test_labels[:2000], verbose=0
+    )
     assert accuracy > 0.7, f"test accuracy {accuracy:.3f} (chance is 0.1)"
 
 

@@ -4,10 +4,10 @@ Backend-neutral (numpy data, no tf.data), so test_backends.py runs it again
 under JAX; the MirroredStrategy test runs under TensorFlow only.
 """
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from tf_lars.training import precise_bn
 
 EPS = 1e-3  # Keras's BatchNormalization default
@@ -44,7 +44,7 @@ def reference(model, x, batch):
     w2, b2 = model.get_layer("d2").get_weights()
     h1s, h2s = [], []
     for start in range(0, len(x), batch):
-        h1 = x[start:start + batch].astype(np.float64) @ w1 + b1
+        h1 = x[start : start + batch].astype(np.float64) @ w1 + b1
         n1 = (h1 - h1.mean(0)) / np.sqrt(h1.var(0) + EPS) * g1 + beta1
         h2 = np.maximum(n1, 0) @ w2 + b2
         h1s.append(h1)
@@ -62,16 +62,18 @@ def test_recompute_matches_numpy_population_statistics(policy, tolerance):
     bn1.gamma.assign(rng.uniform(0.5, 2.0, 6).astype("float32"))
     bn1.beta.assign(rng.normal(size=6).astype("float32"))
     x = (rng.normal(size=(96, 5)) * [1, 2, 3, 4, 5] + [5, -3, 0, 1, 2]).astype("float32")
-    batches = [x[i:i + 24] for i in range(0, 96, 24)]
+    batches = [x[i : i + 24] for i in range(0, 96, 24)]
     callback = precise_bn.PreciseBN(model, Batches(batches), steps=4)
     callback.recompute()
     for name, (mean, var) in zip(("bn1", "bn2"), reference(model, x, 24)):
         layer = model.get_layer(name)
         assert layer.moving_mean.dtype == "float32"
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), mean,
-                                   rtol=tolerance, atol=tolerance)
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), var,
-                                   rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(layer.moving_mean), mean, rtol=tolerance, atol=tolerance
+        )
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(layer.moving_variance), var, rtol=tolerance, atol=tolerance
+        )
 
 
 def test_pool_is_the_law_of_total_variance():
@@ -90,13 +92,15 @@ def test_callback_recomputes_before_validation_and_only_after_training():
     x = (rng.normal(size=(64, 5)) * 3 + 4).astype("float32")
     y = rng.normal(size=(64, 3)).astype("float32")
     callback = precise_bn.PreciseBN(model, Batches([x[:32], x[32:]]), steps=2)
-    model.fit(x, y, batch_size=32, epochs=1, validation_data=(x, y), callbacks=[callback],
-              verbose=0)
+    model.fit(
+        x, y, batch_size=32, epochs=1, validation_data=(x, y), callbacks=[callback], verbose=0
+    )
     mean, var = reference(model, x, 32)[1]
     # Pooled at the end of the epoch, with the trained weights (momentum 0.99
     # over 2 steps would have left the moving mean near 0).
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.get_layer(
-        "bn2").moving_mean), mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.get_layer("bn2").moving_mean), mean, rtol=1e-4, atol=1e-4
+    )
     # Not again while the weights stay the same.
     model.get_layer("bn2").moving_mean.assign(np.full(4, 7.0, "float32"))
     model.evaluate(x, y, callbacks=[callback], verbose=0)

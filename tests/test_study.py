@@ -1,7 +1,6 @@
 """The large-batch study (tools/study/): plan, choices, table, verdicts, a tiny real study."""
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -13,20 +12,28 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from study import cli, plan as planning, runners, spec  # noqa: E402
+from study import cli, runners, spec  # noqa: E402
+from study import plan as planning
 from study import report as study_report  # noqa: E402
 
 
 def test_both_methods_get_the_same_trials_and_their_scaling_rules():
-    plan = planning.first_plan(256, [1024, 4096], dict(sgd_rates=["0.1", "0.2"],
-                                                    lars_trials=["3:0.01", "6:0.02"]))
+    plan = planning.first_plan(
+        256, [1024, 4096], dict(sgd_rates=["0.1", "0.2"], lars_trials=["3:0.01", "6:0.02"])
+    )
     counts = {}
     for run in plan:
         counts[(run.method, run.batch_size)] = counts.get((run.method, run.batch_size), 0) + 1
-    assert counts == {("baseline", 256): 2, ("sgd", 1024): 2, ("lars", 1024): 2,
-                      ("sgd", 4096): 2, ("lars", 4096): 2}
-    rates = {(r.method, r.batch_size, r.trial): (r.learning_rate, r.trust_coefficient)
-             for r in plan}
+    assert counts == {
+        ("baseline", 256): 2,
+        ("sgd", 1024): 2,
+        ("lars", 1024): 2,
+        ("sgd", 4096): 2,
+        ("lars", 4096): 2,
+    }
+    rates = {
+        (r.method, r.batch_size, r.trial): (r.learning_rate, r.trust_coefficient) for r in plan
+    }
     # Linear scaling from batch 256: 0.1 * 4096 / 256 = 1.6.
     assert rates[("sgd", 4096, "0.1")] == (pytest.approx(1.6), None)
     assert rates[("baseline", 256, "0.2")] == (pytest.approx(0.2), None)
@@ -46,8 +53,14 @@ def test_run_flags_follow_each_recipe():
     base = spec.Run("baseline", 256, 0.1, None, 1, "0.1").flags(17.0, 2.0)
     assert "--warmup_epochs=0.0" in base and "--step_epochs=5,11,15" in base
     lars = spec.Run("lars", 1024, 3.0, 0.01, 2, "3:0.01").flags(9.0, 2.0)
-    assert {"--optimizer=lars", "--schedule=poly", "--poly_power=2", "--seed=2",
-            "--trust_coefficient=0.01", "--warmup_epochs=2.0"} <= set(lars)
+    assert {
+        "--optimizer=lars",
+        "--schedule=poly",
+        "--poly_power=2",
+        "--seed=2",
+        "--trust_coefficient=0.01",
+        "--warmup_epochs=2.0",
+    } <= set(lars)
 
 
 def test_choice_uses_the_held_out_accuracy_and_first_seed_only():
@@ -57,9 +70,9 @@ def test_choice_uses_the_held_out_accuracy_and_first_seed_only():
     b2 = spec.Run("lars", 8192, 3.0, 0.01, 2, "1.5:0.01")
     s = spec.Run("sgd", 8192, 3.2, None, 1, "0.1")
     results = {
-        a: dict(top1=0.80, test_top1=0.90),   # best on test, not on the held-out part
+        a: dict(top1=0.80, test_top1=0.90),  # best on test, not on the held-out part
         b: dict(top1=0.85, test_top1=0.84),
-        c: None,                              # diverged
+        c: None,  # diverged
         b2: dict(top1=0.99, test_top1=0.99),  # an extra seed cannot sway the choice
         s: None,
     }
@@ -70,28 +83,49 @@ def test_choice_uses_the_held_out_accuracy_and_first_seed_only():
     picks = {**chosen, ("sgd", 8192): s, ("sgd", 1024): s1, ("baseline", 256): base}
     extra = planning.more_seeds(picks, [8192], 3)
     assert sorted((r.method, r.batch_size, r.seed) for r in extra) == [
-        ("lars", 8192, 2), ("lars", 8192, 3), ("sgd", 8192, 2), ("sgd", 8192, 3)]
+        ("lars", 8192, 2),
+        ("lars", 8192, 3),
+        ("sgd", 8192, 2),
+        ("sgd", 8192, 3),
+    ]
     # The full forms: every batch size, and the baseline.
     every = planning.more_seeds(picks, [1024, 8192], 2, baseline=True)
     assert sorted((r.method, r.batch_size, r.seed) for r in every) == [
-        ("baseline", 256, 2), ("lars", 8192, 2), ("sgd", 1024, 2), ("sgd", 8192, 2)]
+        ("baseline", 256, 2),
+        ("lars", 8192, 2),
+        ("sgd", 1024, 2),
+        ("sgd", 8192, 2),
+    ]
 
 
 def test_the_sweep_finishes_each_batch_size_seeds_and_all_before_the_next():
-    plan = planning.first_plan(256, [1024, 4096], dict(sgd_rates=["0.1", "0.2"],
-                                                    lars_trials=["1:0.02", "2:0.02"]))
+    plan = planning.first_plan(
+        256, [1024, 4096], dict(sgd_rates=["0.1", "0.2"], lars_trials=["1:0.02", "2:0.02"])
+    )
     calls = []
 
     def run_all(runs):  # held-out accuracy: the larger rate wins, except LARS at 4096
         calls.append(sorted((r.method, r.batch_size, r.trial, r.seed) for r in runs))
-        return {r: dict(top1=(r.learning_rate if (r.method, r.batch_size) != ("lars", 4096)
-                              else -r.learning_rate)) for r in runs}
+        return {
+            r: dict(
+                top1=(
+                    r.learning_rate
+                    if (r.method, r.batch_size) != ("lars", 4096)
+                    else -r.learning_rate
+                )
+            )
+            for r in runs
+        }
 
     results = planning.sweep(plan, [1024, 4096], True, 2, run_all)
     assert [[c[:2] + c[3:] for c in group] for group in calls] == [
-        [("baseline", 256, 1)] * 2, [("baseline", 256, 2)],
-        [("lars", 1024, 1)] * 2 + [("sgd", 1024, 1)] * 2, [("lars", 1024, 2), ("sgd", 1024, 2)],
-        [("lars", 4096, 1)] * 2 + [("sgd", 4096, 1)] * 2, [("lars", 4096, 2), ("sgd", 4096, 2)]]
+        [("baseline", 256, 1)] * 2,
+        [("baseline", 256, 2)],
+        [("lars", 1024, 1)] * 2 + [("sgd", 1024, 1)] * 2,
+        [("lars", 1024, 2), ("sgd", 1024, 2)],
+        [("lars", 4096, 1)] * 2 + [("sgd", 4096, 1)] * 2,
+        [("lars", 4096, 2), ("sgd", 4096, 2)],
+    ]
     # Seed 2 repeats the trial chosen at its own batch size.
     assert calls[3] == [("lars", 1024, "2:0.02", 2), ("sgd", 1024, "0.2", 2)]
     assert calls[5] == [("lars", 4096, "1:0.02", 2), ("sgd", 4096, "0.2", 2)]
@@ -108,16 +142,18 @@ def test_table_reports_the_chosen_trials_test_accuracy_over_seeds():
     a2 = spec.Run("lars", 8192, 6.0, 0.01, 2, "3:0.01")
     worse = spec.Run("lars", 8192, 3.0, 0.01, 1, "1.5:0.01")
     base = spec.Run("baseline", 256, 0.1, None, 1, "0.1")
-    results = {a: dict(top1=0.9, test_top1=0.88, steps=36),
-               a2: dict(top1=0.5, test_top1=0.86, steps=36),
-               worse: dict(top1=0.7, test_top1=0.95, steps=36),
-               base: dict(top1=0.92, test_top1=0.91, steps=900),
-               spec.Run("sgd", 8192, 3.2, None, 1, "0.1"): None}  # diverged
+    results = {
+        a: dict(top1=0.9, test_top1=0.88, steps=36),
+        a2: dict(top1=0.5, test_top1=0.86, steps=36),
+        worse: dict(top1=0.7, test_top1=0.95, steps=36),
+        base: dict(top1=0.92, test_top1=0.91, steps=900),
+        spec.Run("sgd", 8192, 3.2, None, 1, "0.1"): None,
+    }  # diverged
     text = study_report.table(results, planning.choose(results), 256, [8192])
     lines = text.splitlines()
     lars = next(line for line in lines if "LARS" in line)
     assert "lr 3 @1K, eta 0.01" in lars and "| 90.00 |" in lars
-    assert f"87.00 ± {100 * math.sqrt(2e-4):.2f} (2 seeds)" in lars   # mean, sample std
+    assert f"87.00 ± {100 * math.sqrt(2e-4):.2f} (2 seeds)" in lars  # mean, sample std
     assert "every trial diverged" in next(line for line in lines if "linear scaling" in line)
     assert "| 91.00 |" in next(line for line in lines if "baseline" in line)
 
@@ -128,28 +164,47 @@ def test_differences_are_judged_against_the_seeds_spread():
     assert far.startswith("exceeds the spread") and near.startswith("within the spread")
     assert study_report.verdict([0.85, 0.86], [0.90, 0.92]) == far  # either side higher
     assert study_report.verdict([0.90], [0.10, 0.11]).startswith("one seed")
-    scores = {("lars", 4096): [0.90, 0.92], ("sgd", 4096): [0.85, 0.86],
-              ("nesterov", 4096): [0.91, 0.95], ("sgd", 1024): [0.9]}
+    scores = {
+        ("lars", 4096): [0.90, 0.92],
+        ("sgd", 4096): [0.85, 0.86],
+        ("nesterov", 4096): [0.91, 0.95],
+        ("sgd", 1024): [0.9],
+    }
     rows = study_report.differences(scores, [1024, 4096], ["sgd", "nesterov", "lars"])
     # 91.0 - 85.5 = +5.50; 91.0 - 93.0 = -2.00; 93.0 - 85.5 = +7.50 (by hand).
-    assert rows == [f"| 4096 | lars - nesterov: -2.00 | {near} |",
-                    f"| 4096 | lars - sgd: +5.50 | {far} |",
-                    f"| 4096 | nesterov - sgd: +7.50 | {far} |"]
+    assert rows == [
+        f"| 4096 | lars - nesterov: -2.00 | {near} |",
+        f"| 4096 | lars - sgd: +5.50 | {far} |",
+        f"| 4096 | nesterov - sgd: +7.50 | {far} |",
+    ]
 
 
 def test_a_study_under_way_says_what_is_missing():
     base = spec.Run("baseline", 256, 0.1, None, 1, "0.1")
     sgd = spec.Run("sgd", 1024, 0.4, None, 1, "0.1")
-    results = {base: dict(top1=0.92, test_top1=0.91, steps=900),
-               sgd: dict(top1=0.90, test_top1=0.905, steps=240)}
-    planned = {("baseline", 256): 3, ("sgd", 1024): 3, ("lars", 1024): 3, ("sgd", 4096): 3,
-               ("lars", 4096): 3}
-    text = study_report.table(results, planning.choose(results), 256, [1024, 4096],
-                              planned=planned)
-    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()
-            if line.startswith("| 1024 |") or line.startswith("| 4096 |")}
-    assert "lr 0.1 @256 (best of 1 of 3 trials so far)" in rows[
-        ("1024", "26K", study_report.LABELS["sgd"])]
+    results = {
+        base: dict(top1=0.92, test_top1=0.91, steps=900),
+        sgd: dict(top1=0.90, test_top1=0.905, steps=240),
+    }
+    planned = {
+        ("baseline", 256): 3,
+        ("sgd", 1024): 3,
+        ("lars", 1024): 3,
+        ("sgd", 4096): 3,
+        ("lars", 4096): 3,
+    }
+    text = study_report.table(
+        results, planning.choose(results), 256, [1024, 4096], planned=planned
+    )
+    rows = {
+        tuple(c.strip() for c in line.split("|")[1:4]): line
+        for line in text.splitlines()
+        if line.startswith("| 1024 |") or line.startswith("| 4096 |")
+    }
+    assert (
+        "lr 0.1 @256 (best of 1 of 3 trials so far)"
+        in rows[("1024", "26K", study_report.LABELS["sgd"])]
+    )
     assert "| not run yet |" in rows[("4096", "102K", study_report.LABELS["lars"])]
     # 91.0 - 90.5 = 0.5 points: within 1 at 1024, and 4096 is still to come.
     assert f"| {study_report.LABELS['sgd']} | 1024 (not yet run at 4096) |" in text
@@ -158,10 +213,18 @@ def test_a_study_under_way_says_what_is_missing():
 
 def test_report_only_writes_the_outputs_from_the_records_alone(tmp_path):
     pytest.importorskip("matplotlib")
-    args = ["--baseline_batch=20", "--batch_sizes=100,200", "--sgd_rates=0.1,0.2",
-            "--lars_trials=1:0.01,2:0.01", "--seeds=2", "--epochs=3", "--warmup_epochs=1"]
-    plan = planning.first_plan(20, [100, 200], dict(sgd_rates=["0.1", "0.2"],
-                                                 lars_trials=["1:0.01", "2:0.01"]))
+    args = [
+        "--baseline_batch=20",
+        "--batch_sizes=100,200",
+        "--sgd_rates=0.1,0.2",
+        "--lars_trials=1:0.01,2:0.01",
+        "--seeds=2",
+        "--epochs=3",
+        "--warmup_epochs=1",
+    ]
+    plan = planning.first_plan(
+        20, [100, 200], dict(sgd_rates=["0.1", "0.2"], lars_trials=["1:0.01", "2:0.01"])
+    )
     runs = tmp_path / "runs"
     # Records of 4 of the 10 first-seed runs, one of them diverged; as the
     # trainer writes them (summary, flags, history).
@@ -173,25 +236,45 @@ def test_report_only_writes_the_outputs_from_the_records_alone(tmp_path):
             continue
         # Run 1 was resumed (its time in all recorded), run 2 resumed from a
         # backup that did not record its time.
-        resumed = [{}, dict(resumed_from_epoch=1, wall_seconds_in_all=25.0),
-                   dict(resumed_from_epoch=2, wall_seconds_in_all=None)][i]
-        (folder / "summary.json").write_text(json.dumps(dict(
-            top1=0.5 + i / 10, test_top1=0.4 + i / 10, test_loss=1.0, steps=30,
-            wall_seconds=9.0, images_per_second=100.0, **resumed)))
-        (folder / "flags.json").write_text(json.dumps(dict(flags=dict(
-            train_examples=1000, eval_examples=300, test_examples=200))))
+        resumed = [
+            {},
+            dict(resumed_from_epoch=1, wall_seconds_in_all=25.0),
+            dict(resumed_from_epoch=2, wall_seconds_in_all=None),
+        ][i]
+        (folder / "summary.json").write_text(
+            json.dumps(
+                dict(
+                    top1=0.5 + i / 10,
+                    test_top1=0.4 + i / 10,
+                    test_loss=1.0,
+                    steps=30,
+                    wall_seconds=9.0,
+                    images_per_second=100.0,
+                    **resumed,
+                )
+            )
+        )
+        (folder / "flags.json").write_text(
+            json.dumps(dict(flags=dict(train_examples=1000, eval_examples=300, test_examples=200)))
+        )
         (folder / "history.csv").write_text("epoch,loss,val_accuracy\n0,2.0,0.3\n1,1.5,0.5\n")
     docs = tmp_path / "docs"
-    result = run_study(f"--runs_dir={runs}", f"--output_dir={docs}", "--report_only", *args,
-                       timeout=120)
+    result = run_study(
+        f"--runs_dir={runs}", f"--output_dir={docs}", "--report_only", *args, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(docs / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["diverged"] for r in rows) == ["False", "False", "False", "True"]
-    times = {(r["method"], r["trial"]): (r["wall_seconds"], r["resumed_from_epoch"])
-             for r in rows if r["diverged"] == "False"}
-    assert times == {(run.method, run.trial): time for run, time in zip(
-        plan, [("9.0", ""), ("25.0", "1"), ("9.0", "2")])}
+    times = {
+        (r["method"], r["trial"]): (r["wall_seconds"], r["resumed_from_epoch"])
+        for r in rows
+        if r["diverged"] == "False"
+    }
+    assert times == {
+        (run.method, run.trial): time
+        for run, time in zip(plan, [("9.0", ""), ("25.0", "1"), ("9.0", "2")])
+    }
     text = (docs / "results.md").read_text()
     # 10 first-seed runs, then (the reduced form) seed 2 of both methods' chosen
     # trials at the largest batch.
@@ -200,12 +283,18 @@ def test_report_only_writes_the_outputs_from_the_records_alone(tmp_path):
     assert "Machines: not recorded (3 runs)." in text  # records made before summaries said
     assert "| not run yet |" in text and (docs / "accuracy_vs_batch.png").exists()
     assert not any(runs.glob("*/train.log"))  # nothing ran
-    empty = run_study(f"--runs_dir={tmp_path / 'none'}", f"--output_dir={docs}",
-                      "--report_only", *args, timeout=120)
+    empty = run_study(
+        f"--runs_dir={tmp_path / 'none'}",
+        f"--output_dir={docs}",
+        "--report_only",
+        *args,
+        timeout=120,
+    )
     assert empty.returncode != 0
     assert empty.stderr.strip().splitlines()[-1] == (
         f"large_batch_study: error: --report_only: no run of this study is recorded in "
-        f"{tmp_path / 'none'}: run the study first, or give its --runs_dir")
+        f"{tmp_path / 'none'}: run the study first, or give its --runs_dir"
+    )
 
 
 def test_a_history_with_an_epoch_logged_twice_reads_one_row_an_epoch(tmp_path):
@@ -213,7 +302,8 @@ def test_a_history_with_an_epoch_logged_twice_reads_one_row_an_epoch(tmp_path):
     run = spec.Run("lars", 1024, 4.0, 0.02, 1, "4:0.02")
     (tmp_path / run.name).mkdir()
     (tmp_path / run.name / "history.csv").write_text(
-        "epoch,loss,val_accuracy\n0,2.0,0.3\n1,1.6,0.4\n1,1.5,0.5\n2,1.2,0.6\n")
+        "epoch,loss,val_accuracy\n0,2.0,0.3\n1,1.6,0.4\n1,1.5,0.5\n2,1.2,0.6\n"
+    )
     rows = study_report.history(str(tmp_path), run)
     assert [(r["epoch"], r["loss"]) for r in rows] == [(0, 2.0), (1, 1.5), (2, 1.2)]
 
@@ -223,11 +313,13 @@ def test_a_resumed_run_keeps_the_log_of_its_first_part(tmp_path):
     run_dir = tmp_path / run.name
     run_dir.mkdir()
     (run_dir / "train.log").write_text("epoch 1 of 15 ... stopped by SIGTERM\n")
-    code, tail = runners.run_logged([sys.executable, "-c", "print('resumed from epoch 2')"],
-                                  run, str(run_dir))
+    code, tail = runners.run_logged(
+        [sys.executable, "-c", "print('resumed from epoch 2')"], run, str(run_dir)
+    )
     assert code == 0 and tail.endswith("resumed from epoch 2\n")
     assert (run_dir / "train.log").read_text() == (
-        "epoch 1 of 15 ... stopped by SIGTERM\nresumed from epoch 2\n")
+        "epoch 1 of 15 ... stopped by SIGTERM\nresumed from epoch 2\n"
+    )
     # A failure names the run and shows the log's end.
     with pytest.raises(RuntimeError, match=r"lars_b1024_lr2_eta0.02_s1 failed \(exit 3\)"):
         runners.run_logged([sys.executable, "-c", "import sys; sys.exit(3)"], run, str(run_dir))
@@ -240,37 +332,64 @@ def test_a_resumed_run_keeps_the_log_of_its_first_part(tmp_path):
 
 
 def test_a_bad_trainer_flag_fails_before_any_run(tmp_path):
-    result = run_study(f"--runs_dir={tmp_path / 'runs'}", f"--output_dir={tmp_path / 'docs'}",
-                       "--dry_run", "--trainer_flags=--model=nosuch", timeout=120)
+    result = run_study(
+        f"--runs_dir={tmp_path / 'runs'}",
+        f"--output_dir={tmp_path / 'docs'}",
+        "--dry_run",
+        "--trainer_flags=--model=nosuch",
+        timeout=120,
+    )
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "large_batch_study: error: --trainer_flags: flag --model=nosuch: value should be one "
-        "of <resnet50|")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "large_batch_study: error: --trainer_flags: flag --model=nosuch: value should be one "
+            "of <resnet50|"
+        )
+    )
     assert not (tmp_path / "runs").exists()
 
 
 def test_a_chosen_trial_on_its_grids_edge_gets_one_run_a_step_past_it():
-    plan = planning.first_plan(256, [2048, 4096], dict(
-        sgd_rates=["0.05", "0.1", "0.2"], lars_trials=["1:0.02", "2:0.02", "4:0.02", "2:0.01"],
-        nesterov_rates=["0.05", "0.1", "0.2"]), ["sgd", "nesterov", "lars"])
+    plan = planning.first_plan(
+        256,
+        [2048, 4096],
+        dict(
+            sgd_rates=["0.05", "0.1", "0.2"],
+            lars_trials=["1:0.02", "2:0.02", "4:0.02", "2:0.01"],
+            nesterov_rates=["0.05", "0.1", "0.2"],
+        ),
+        ["sgd", "nesterov", "lars"],
+    )
     pick = {(r.method, r.batch_size, r.trial): r for r in plan}
-    chosen = {("baseline", 256): pick[("baseline", 256, "0.05")],    # not a large batch
-              ("sgd", 2048): pick[("sgd", 2048, "0.1")],             # inside its grid
-              ("nesterov", 2048): pick[("nesterov", 2048, "0.05")],  # its lowest
-              ("nesterov", 4096): pick[("nesterov", 4096, "0.2")],   # its highest
-              ("lars", 2048): pick[("lars", 2048, "2:0.01")],        # alone with its eta
-              ("lars", 4096): pick[("lars", 4096, "1:0.02")]}        # lowest with its eta
+    chosen = {
+        ("baseline", 256): pick[("baseline", 256, "0.05")],  # not a large batch
+        ("sgd", 2048): pick[("sgd", 2048, "0.1")],  # inside its grid
+        ("nesterov", 2048): pick[("nesterov", 2048, "0.05")],  # its lowest
+        ("nesterov", 4096): pick[("nesterov", 4096, "0.2")],  # its highest
+        ("lars", 2048): pick[("lars", 2048, "2:0.01")],  # alone with its eta
+        ("lars", 4096): pick[("lars", 4096, "1:0.02")],
+    }  # lowest with its eta
     edges = {(r.method, r.batch_size): r for r in planning.beyond_edges(chosen, plan)}
     assert sorted(edges) == [("lars", 4096), ("nesterov", 2048), ("nesterov", 4096)]
     # A step is the ratio to the neighbour: 0.05 / 0.1 below, 0.2 / 0.1 above;
     # the linear rule from 256 and LARS's square root from 1024 as in the grid.
     assert (edges[("nesterov", 2048)].trial, edges[("nesterov", 2048)].learning_rate) == (
-        "0.025", pytest.approx(0.025 * 2048 / 256))
+        "0.025",
+        pytest.approx(0.025 * 2048 / 256),
+    )
     assert (edges[("nesterov", 4096)].trial, edges[("nesterov", 4096)].learning_rate) == (
-        "0.4", pytest.approx(0.4 * 4096 / 256))
+        "0.4",
+        pytest.approx(0.4 * 4096 / 256),
+    )
     lars = edges[("lars", 4096)]
     assert (lars.trial, lars.learning_rate, lars.trust_coefficient, lars.seed) == (
-        "0.5:0.02", pytest.approx(0.5 * 2), 0.02, 1)
+        "0.5:0.02",
+        pytest.approx(0.5 * 2),
+        0.02,
+        1,
+    )
     assert cli.edges_dir_of("docs/study-full15/runs/") == "docs/study-full15/runs-edges"
 
 
@@ -280,11 +399,11 @@ def test_the_edge_table_says_whether_the_grid_held():
     sgd = spec.Run("sgd", 4096, 0.8, None, 1, "0.05")
     results = {low: dict(top1=0.90), high: dict(top1=0.88), sgd: dict(top1=0.70)}
     chosen = {("nesterov", 2048): low, ("lars", 2048): high, ("sgd", 4096): sgd}
-    edges = {spec.Run("nesterov", 2048, 0.2, None, 1, "0.025"): dict(top1=0.9012,
-                                                                      test_top1=0.8876),
-             spec.Run("lars", 2048, 11.31, 0.02, 1, "8:0.02"): dict(top1=0.8799,
-                                                                     test_top1=0.95),
-             spec.Run("sgd", 4096, 0.4, None, 1, "0.025"): None}
+    edges = {
+        spec.Run("nesterov", 2048, 0.2, None, 1, "0.025"): dict(top1=0.9012, test_top1=0.8876),
+        spec.Run("lars", 2048, 11.31, 0.02, 1, "8:0.02"): dict(top1=0.8799, test_top1=0.95),
+        spec.Run("sgd", 4096, 0.4, None, 1, "0.025"): None,
+    }
     rows = study_report.edge_table(results, chosen, edges).splitlines()[2:]
     assert rows == [
         f"| 2048 | {study_report.LABELS['lars']} | lr 4 @1K, eta 0.02: 88.00 "
@@ -292,29 +411,44 @@ def test_the_edge_table_says_whether_the_grid_held():
         f"| 2048 | {study_report.LABELS['nesterov']} | lr 0.05 @256: 90.00 "
         "| lr 0.025 @256 (peak 0.2) | 90.12 | 88.76 | too narrow: better past its edge |",
         f"| 4096 | {study_report.LABELS['sgd']} | lr 0.05 @256: 70.00 "
-        "| lr 0.025 @256 (peak 0.4) | diverged | | wide enough |"]
+        "| lr 0.025 @256 (peak 0.4) | diverged | | wide enough |",
+    ]
 
 
 def test_bad_trials_are_named():
     with pytest.raises(ValueError, match="same number"):
-        planning.check_args(dict(sgd_rates=["0.1"], lars_trials=["3:0.01", "6:0.01"]),
-                            ["sgd", "lars"], [1024])
+        planning.check_args(
+            dict(sgd_rates=["0.1"], lars_trials=["3:0.01", "6:0.01"]), ["sgd", "lars"], [1024]
+        )
     with pytest.raises(ValueError, match="--lars_trials: '3' is not LR:ETA"):
         planning.check_args(dict(sgd_rates=["0.1"], lars_trials=["3"]), ["sgd", "lars"], [1024])
     with pytest.raises(ValueError, match="--batch_sizes"):
-        planning.check_args(dict(sgd_rates=["0.1"], lars_trials=["3:0.01"]), ["sgd", "lars"],
-                            ["8k"])
+        planning.check_args(
+            dict(sgd_rates=["0.1"], lars_trials=["3:0.01"]), ["sgd", "lars"], ["8k"]
+        )
 
 
-TINY = ["--baseline_batch=20", "--batch_sizes=100", "--sgd_rates=0.1", "--lars_trials=1:0.01",
-        "--seeds=2", "--epochs=3", "--warmup_epochs=1",
-        "--trainer_flags=--eval_batch_size=20,--shuffle_buffer=100,--precise_bn_images=200"]
+TINY = [
+    "--baseline_batch=20",
+    "--batch_sizes=100",
+    "--sgd_rates=0.1",
+    "--lars_trials=1:0.01",
+    "--seeds=2",
+    "--epochs=3",
+    "--warmup_epochs=1",
+    "--trainer_flags=--eval_batch_size=20,--shuffle_buffer=100,--precise_bn_images=200",
+]
 
 
 def run_study(*args, timeout=600, python=sys.executable, **env):
     command = [python, os.path.join(ROOT, "tools", "large_batch_study.py"), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **env))
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **env),
+    )
 
 
 def check_study(docs, runs):
@@ -322,8 +456,12 @@ def check_study(docs, runs):
     with open(docs / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted((r["method"], r["batch_size"], r["seed"]) for r in rows) == [
-        ("baseline", "20", "1"), ("lars", "100", "1"), ("lars", "100", "2"),
-        ("sgd", "100", "1"), ("sgd", "100", "2")]
+        ("baseline", "20", "1"),
+        ("lars", "100", "1"),
+        ("lars", "100", "2"),
+        ("sgd", "100", "1"),
+        ("sgd", "100", "2"),
+    ]
     for r in rows:
         assert r["diverged"] == "False"
         # The CSV carries each run's own figures, and the chosen trial is the
@@ -334,8 +472,11 @@ def check_study(docs, runs):
         assert float(r["test_top1"]) == round(summary["test_top1"], 4)
         if r["chosen"] == "True" and r["seed"] == "1":
             assert float(r["holdout_top1"]) == max(
-                float(o["holdout_top1"]) for o in rows if o["seed"] == "1" and
-                (o["method"], o["batch_size"]) == (r["method"], r["batch_size"]))
+                float(o["holdout_top1"])
+                for o in rows
+                if o["seed"] == "1"
+                and (o["method"], o["batch_size"]) == (r["method"], r["batch_size"])
+            )
         # Each run names the machine it ran on.
         assert r["machine"].startswith(f"{len(os.sched_getaffinity(0))} CPU cores"), r
         # 200 training images: 3 epochs are 3 * (200 // batch) steps.
@@ -344,8 +485,7 @@ def check_study(docs, runs):
     assert "200 training images" in results and "60 held-out" in results
     assert "40 test images" in results
     lines = [line for line in results.splitlines() if line.startswith("| 100 |")]
-    assert sum(any(label in line for label in study_report.LABELS.values())
-               for line in lines) == 2
+    assert sum(any(label in line for label in study_report.LABELS.values()) for line in lines) == 2
     # Both methods have 2 seeds at 100: their difference is judged.
     (compared,) = [line for line in lines if "lars - sgd" in line]
     assert "the seeds' ranges" in compared
@@ -371,12 +511,21 @@ def test_a_tiny_study_end_to_end(tmp_path):
 
     idx = generated_idx(tmp_path / "idx", 260, 40)
     data = tmp_path / "data"
-    built = run_tool("build_fashion_mnist_tfrecords.py", f"--output_dir={data}",
-                     f"--idx_dir={idx}", "--holdout=60", "--train_shards=2",
-                     "--validation_shards=1")
+    built = run_tool(
+        "build_fashion_mnist_tfrecords.py",
+        f"--output_dir={data}",
+        f"--idx_dir={idx}",
+        "--holdout=60",
+        "--train_shards=2",
+        "--validation_shards=1",
+    )
     assert built.returncode == 0, built.stderr[-2000:]
-    args = [f"--data_dir={data}", f"--runs_dir={tmp_path / 'runs'}",
-            f"--output_dir={tmp_path / 'docs'}", *TINY]
+    args = [
+        f"--data_dir={data}",
+        f"--runs_dir={tmp_path / 'runs'}",
+        f"--output_dir={tmp_path / 'docs'}",
+        *TINY,
+    ]
     result = run_study(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     check_study(tmp_path / "docs", tmp_path / "runs")
@@ -401,10 +550,18 @@ def test_a_tiny_study_in_memory_on_jax(tmp_path):
     from test_tools import generated_idx
 
     idx = generated_idx(tmp_path / "idx", 260, 40)
-    result = run_study("--engine=arrays", f"--idx_dir={idx}", "--holdout=60",
-                       f"--runs_dir={tmp_path / 'runs'}", f"--output_dir={tmp_path / 'docs'}",
-                       "--jobs=2", *TINY, python=jax_only.command(), KERAS_BACKEND="jax",
-                       JAX_PLATFORMS="cpu")
+    result = run_study(
+        "--engine=arrays",
+        f"--idx_dir={idx}",
+        "--holdout=60",
+        f"--runs_dir={tmp_path / 'runs'}",
+        f"--output_dir={tmp_path / 'docs'}",
+        "--jobs=2",
+        *TINY,
+        python=jax_only.command(),
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     check_study(tmp_path / "docs", tmp_path / "runs")
     run_dirs = list((tmp_path / "runs").iterdir())
@@ -423,39 +580,71 @@ def test_edge_checks_run_past_the_edges_beside_the_study(tmp_path):
 
     idx = generated_idx(tmp_path / "idx", 260, 40)
     runs, docs = tmp_path / "runs", tmp_path / "docs"
-    result = run_study("--engine=arrays", f"--idx_dir={idx}", "--holdout=60",
-                       f"--runs_dir={runs}", f"--output_dir={docs}", "--jobs=2",
-                       "--edge_checks", "--baseline_batch=20", "--batch_sizes=100",
-                       "--sgd_rates=0.1,0.2", "--lars_trials=1:0.01,2:0.01", "--seeds=1",
-                       "--epochs=1", "--warmup_epochs=0.5", "--trainer_flags=--eval_batch_size=20",
-                       JAX_PLATFORMS="cpu")
+    result = run_study(
+        "--engine=arrays",
+        f"--idx_dir={idx}",
+        "--holdout=60",
+        f"--runs_dir={runs}",
+        f"--output_dir={docs}",
+        "--jobs=2",
+        "--edge_checks",
+        "--baseline_batch=20",
+        "--batch_sizes=100",
+        "--sgd_rates=0.1,0.2",
+        "--lars_trials=1:0.01,2:0.01",
+        "--seeds=1",
+        "--epochs=1",
+        "--warmup_epochs=0.5",
+        "--trainer_flags=--eval_batch_size=20",
+        JAX_PLATFORMS="cpu",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len([d for d in runs.iterdir() if (d / "summary.json").exists()]) == 6
     with open(docs / "runs.csv") as f:
-        chosen = {r["method"]: float(r["trial"].split(":")[0])
-                  for r in csv.DictReader(f) if r["chosen"] == "True" and r["method"] != "baseline"}
+        chosen = {
+            r["method"]: float(r["trial"].split(":")[0])
+            for r in csv.DictReader(f)
+            if r["chosen"] == "True" and r["method"] != "baseline"
+        }
     # One step past each choice: half the lower rate, or twice the higher.
     past = {m: {0.1: 0.05, 0.2: 0.4, 1.0: 0.5, 2.0: 4.0}[r] for m, r in chosen.items()}
     edges_dir = tmp_path / "runs-edges"
     names = sorted(d.name for d in edges_dir.iterdir() if (d / "summary.json").exists())
     assert names == sorted(
-        [f"sgd_b100_lr{past['sgd'] * 100 / 256:.4g}_s1",
-         f"lars_b100_lr{past['lars'] * math.sqrt(100 / 1024):.4g}_eta0.01_s1"])
+        [
+            f"sgd_b100_lr{past['sgd'] * 100 / 256:.4g}_s1",
+            f"lars_b100_lr{past['lars'] * math.sqrt(100 / 1024):.4g}_eta0.01_s1",
+        ]
+    )
     text = (docs / "results.md").read_text()
-    edge_rows = [line for line in text.splitlines() if "a step past the edge" in line or
-                 "(peak " in line]
+    edge_rows = [
+        line for line in text.splitlines() if "a step past the edge" in line or "(peak " in line
+    ]
     assert len(edge_rows) == 3 and study_report.EDGES_NOTE in text
     for name in names:
         summary = json.loads((edges_dir / name / "summary.json").read_text())
-        assert any(f"| {100 * summary['top1']:.2f} | {100 * summary['test_top1']:.2f} |" in row
-                   for row in edge_rows), (name, edge_rows)
+        assert any(
+            f"| {100 * summary['top1']:.2f} | {100 * summary['test_top1']:.2f} |" in row
+            for row in edge_rows
+        ), (name, edge_rows)
     # --report_only reads them back from the records alone.
     (docs / "results.md").unlink()
-    again = run_study("--engine=arrays", f"--idx_dir={idx}", "--holdout=60",
-                      f"--runs_dir={runs}", f"--output_dir={docs}", "--report_only",
-                      "--baseline_batch=20", "--batch_sizes=100", "--sgd_rates=0.1,0.2",
-                      "--lars_trials=1:0.01,2:0.01", "--seeds=1", "--epochs=1",
-                      "--warmup_epochs=0.5", timeout=300)
+    again = run_study(
+        "--engine=arrays",
+        f"--idx_dir={idx}",
+        "--holdout=60",
+        f"--runs_dir={runs}",
+        f"--output_dir={docs}",
+        "--report_only",
+        "--baseline_batch=20",
+        "--batch_sizes=100",
+        "--sgd_rates=0.1,0.2",
+        "--lars_trials=1:0.01,2:0.01",
+        "--seeds=1",
+        "--epochs=1",
+        "--warmup_epochs=0.5",
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert (docs / "results.md").read_text().split("\n", 1)[1] == text.split("\n", 1)[1]
 
@@ -464,8 +653,10 @@ def records(method, batch, *seeds):
     """Hand-made records: the chosen trial of `method` at `batch`, one test
     top-1 a seed (held-out top-1 the same)."""
     eta, trial = (0.02, "1:0.02") if method == "lars" else (None, "0.1")
-    return {spec.Run(method, batch, 0.1, eta, s, trial): dict(top1=t, test_top1=t, steps=1)
-            for s, t in enumerate(seeds, start=1)}
+    return {
+        spec.Run(method, batch, 0.1, eta, s, trial): dict(top1=t, test_top1=t, steps=1)
+        for s, t in enumerate(seeds, start=1)
+    }
 
 
 def test_the_verdicts_on_methods_above_level_with_and_below_the_baseline():
@@ -474,17 +665,26 @@ def test_the_verdicts_on_methods_above_level_with_and_below_the_baseline():
     # 1.50 below at 8192. Nesterov: more than a point below everywhere. LARS:
     # below at 1024, level at 4096: the largest batch within a point is the
     # largest one where it is within, even past one where it is not.
-    results = {**records("baseline", 256, 0.899, 0.901),
-               **records("sgd", 1024, 0.91, 0.92), **records("sgd", 2048, 0.894, 0.896),
-               **records("sgd", 4096, 0.889, 0.891), **records("sgd", 8192, 0.88, 0.89),
-               **records("nesterov", 1024, 0.88, 0.886), **records("nesterov", 8192, 0.5, 0.6),
-               **records("lars", 1024, 0.85, 0.89), **records("lars", 4096, 0.90, 0.902)}
+    results = {
+        **records("baseline", 256, 0.899, 0.901),
+        **records("sgd", 1024, 0.91, 0.92),
+        **records("sgd", 2048, 0.894, 0.896),
+        **records("sgd", 4096, 0.889, 0.891),
+        **records("sgd", 8192, 0.88, 0.89),
+        **records("nesterov", 1024, 0.88, 0.886),
+        **records("nesterov", 8192, 0.5, 0.6),
+        **records("lars", 1024, 0.85, 0.89),
+        **records("lars", 4096, 0.90, 0.902),
+    }
     sizes = [1024, 2048, 4096, 8192]
-    text = study_report.table(results, planning.choose(results), 256, sizes,
-                              ["sgd", "nesterov", "lars"])
-    largest = {line.split(" | ")[0].strip("| "): line.split(" | ")[1].strip(" |")
-               for line in text.splitlines() if line.startswith("| ") and " | " in line
-               and line.count("|") == 3}
+    text = study_report.table(
+        results, planning.choose(results), 256, sizes, ["sgd", "nesterov", "lars"]
+    )
+    largest = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")[1].strip(" |")
+        for line in text.splitlines()
+        if line.startswith("| ") and " | " in line and line.count("|") == 3
+    }
     assert largest[study_report.LABELS["sgd"]] == "4096"
     assert largest[study_report.LABELS["nesterov"]] == "none"
     assert largest[study_report.LABELS["lars"]] == "4096"
@@ -504,20 +704,41 @@ def test_two_machines_share_a_sweep_each_run_claimed_by_one(tmp_path):
 
     idx = generated_idx(tmp_path / "idx", 260, 40)
     runs, docs = tmp_path / "runs", tmp_path / "docs"
-    args = ["--engine=arrays", f"--idx_dir={idx}", "--holdout=60", f"--runs_dir={runs}",
-            f"--output_dir={docs}", "--shard_poll_seconds=0.5", "--sgd_rates=0.1,0.2",
-            "--lars_trials=1:0.01,2:0.01", *[a for a in TINY if "_rates" not in a and
-                                             "_trials" not in a]]
+    args = [
+        "--engine=arrays",
+        f"--idx_dir={idx}",
+        "--holdout=60",
+        f"--runs_dir={runs}",
+        f"--output_dir={docs}",
+        "--shard_poll_seconds=0.5",
+        "--sgd_rates=0.1,0.2",
+        "--lars_trials=1:0.01,2:0.01",
+        *[a for a in TINY if "_rates" not in a and "_trials" not in a],
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
-    shards = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tools",
-                                                             "large_batch_study.py"),
-                                *args, f"--shard={i}/2"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for i in range(2)]
+    shards = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, "tools", "large_batch_study.py"),
+                *args,
+                f"--shard={i}/2",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [shard.communicate(timeout=600) for shard in shards]
-    for shard, (out, err) in zip(shards, outputs):
+    for shard, (_out, err) in zip(shards, outputs):
         assert shard.returncode == 0, err[-3000:]
-    made = {d.name: json.loads((d / "claim.json").read_text())["shard"]
-            for d in runs.iterdir() if (d / "summary.json").exists()}
+    made = {
+        d.name: json.loads((d / "claim.json").read_text())["shard"]
+        for d in runs.iterdir()
+        if (d / "summary.json").exists()
+    }
     # 2 baseline trials, 2 SGD and 2 LARS trials at 100, a second seed of each
     # chosen trial at 100: 8 runs, every one claimed once, half by each shard.
     assert len(made) == len(list(runs.iterdir())) == 8
@@ -538,9 +759,21 @@ print(runners.claim(sys.argv[2], (int(sys.argv[3]), 8)))
 def test_a_run_is_claimed_by_one_shard_only(tmp_path):
     # 8 processes, one per shard, race for the same run: one wins. The winner
     # keeps it on a second try (a requeued job); the others never get it.
-    racers = [subprocess.Popen([sys.executable, "-c", CLAIM_RACE, os.path.join(ROOT, "tools"),
-                                str(tmp_path / "run"), str(i)], stdout=subprocess.PIPE,
-                               text=True) for i in range(8)]
+    racers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CLAIM_RACE,
+                os.path.join(ROOT, "tools"),
+                str(tmp_path / "run"),
+                str(i),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
     won = [i for i, p in enumerate(racers) if p.communicate(timeout=60)[0].strip() == "True"]
     assert len(won) == 1
     claimed = json.loads((tmp_path / "run" / "claim.json").read_text())

@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 if keras.backend.backend() != "tensorflow":
     pytest.skip("the builders need TensorFlow", allow_module_level=True)
@@ -22,8 +21,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_tool(name, *args):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *args],
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", name), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return result
 
 
@@ -33,8 +37,12 @@ def read_records(folder, split):
     for f in files:
         for raw in tf.data.TFRecordDataset(f):
             ex = tf.train.Example.FromString(raw.numpy()).features.feature
-            out.append({k: (v.bytes_list.value or v.int64_list.value or v.float_list.value)
-                        for k, v in ex.items()})
+            out.append(
+                {
+                    k: (v.bytes_list.value or v.int64_list.value or v.float_list.value)
+                    for k, v in ex.items()
+                }
+            )
     return files, out
 
 
@@ -51,9 +59,14 @@ def write_idx(folder, prefix, images, labels):
 def check_fashion_round_trip(idx_dir, out, n):
     from tf_lars.data import fashion_mnist
 
-    result = run_tool("build_fashion_mnist_tfrecords.py", f"--output_dir={out}",
-                      f"--idx_dir={idx_dir}", f"--limit={n}", "--train_shards=3",
-                      "--validation_shards=2")
+    result = run_tool(
+        "build_fashion_mnist_tfrecords.py",
+        f"--output_dir={out}",
+        f"--idx_dir={idx_dir}",
+        f"--limit={n}",
+        "--train_shards=3",
+        "--validation_shards=2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for split, source in (("train", "train"), ("validation", "test")):
         files, records = read_records(out, split)
@@ -94,16 +107,26 @@ def generated_idx(folder, n_train, n_test, seed=0):
     folder.mkdir()
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         base = rng.integers(0, 256, size=(n, 7, 7)).astype(np.uint8)
-        write_idx(folder, prefix, np.kron(base, np.ones((4, 4), np.uint8)),
-                  (np.arange(n) * 7 + rng.integers(0, 2)) % 10)
+        write_idx(
+            folder,
+            prefix,
+            np.kron(base, np.ones((4, 4), np.uint8)),
+            (np.arange(n) * 7 + rng.integers(0, 2)) % 10,
+        )
     return folder
 
 
 def test_fashion_mnist_builder_holds_out_a_balanced_part(tmp_path):
     idx = generated_idx(tmp_path / "idx", 100, 20)
     out = tmp_path / "out"
-    args = [f"--output_dir={out}", f"--idx_dir={idx}", "--holdout=30", "--train_shards=2",
-            "--validation_shards=1", "--holdout_shards=2"]
+    args = [
+        f"--output_dir={out}",
+        f"--idx_dir={idx}",
+        "--holdout=30",
+        "--train_shards=2",
+        "--validation_shards=1",
+        "--holdout_shards=2",
+    ]
     result = run_tool("build_fashion_mnist_tfrecords.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     from tf_lars.data import fashion_mnist
@@ -111,11 +134,12 @@ def test_fashion_mnist_builder_holds_out_a_balanced_part(tmp_path):
     _, labels = fashion_mnist.load("train", str(idx))
     names = {}
     for split in ("train", "holdout", "validation"):
-        names[split] = [int(r["image/filename"][0].decode()[:-4])
-                        for r in read_records(out, split)[1]]
+        names[split] = [
+            int(r["image/filename"][0].decode()[:-4]) for r in read_records(out, split)[1]
+        ]
     held, kept = names["holdout"], names["train"]
     assert len(held) == 30 and len(kept) == 70 and len(names["validation"]) == 20
-    assert sorted(held + kept) == list(range(100))          # disjoint, covering all
+    assert sorted(held + kept) == list(range(100))  # disjoint, covering all
     assert np.bincount(labels[held], minlength=10).tolist() == [3] * 10
     with open(out / "build.json") as f:
         info = json.load(f)
@@ -125,14 +149,19 @@ def test_fashion_mnist_builder_holds_out_a_balanced_part(tmp_path):
     again = run_tool("build_fashion_mnist_tfrecords.py", *args[:-3], "--holdout_seed=1")
     assert again.returncode != 0
     assert "holdout_seed" in again.stderr and "another --output_dir" in again.stderr
-    odd = run_tool("build_fashion_mnist_tfrecords.py", f"--output_dir={tmp_path / 'o2'}",
-                   f"--idx_dir={idx}", "--holdout=25")
+    odd = run_tool(
+        "build_fashion_mnist_tfrecords.py",
+        f"--output_dir={tmp_path / 'o2'}",
+        f"--idx_dir={idx}",
+        "--holdout=25",
+    )
     assert odd.returncode != 0 and "multiple of the 10 classes" in odd.stderr
 
 
 def test_fashion_mnist_builder_names_missing_files(tmp_path):
-    result = run_tool("build_fashion_mnist_tfrecords.py", f"--output_dir={tmp_path}",
-                      f"--idx_dir={tmp_path}")
+    result = run_tool(
+        "build_fashion_mnist_tfrecords.py", f"--output_dir={tmp_path}", f"--idx_dir={tmp_path}"
+    )
     assert result.returncode != 0
     assert "Fashion-MNIST not found" in result.stderr and "dataset-fashion-mnist" in result.stderr
 
@@ -176,10 +205,17 @@ def test_imagenet_builder_writes_the_standard_schema(tmp_path):
     (tmp_path / "labels.txt").write_text("n03\nn01\nn02\n")
     (tmp_path / "words.txt").write_text("n01 first thing\nn02 second\nn03 third\n")
     out = tmp_path / "out"
-    args = [f"--train_dir={train}", f"--validation_dir={val}",
-            f"--validation_labels={tmp_path / 'labels.txt'}", f"--bbox_dir={boxes}",
-            f"--synset_words={tmp_path / 'words.txt'}", f"--output_dir={out}",
-            "--train_shards=2", "--validation_shards=1", "--processes=2"]
+    args = [
+        f"--train_dir={train}",
+        f"--validation_dir={val}",
+        f"--validation_labels={tmp_path / 'labels.txt'}",
+        f"--bbox_dir={boxes}",
+        f"--synset_words={tmp_path / 'words.txt'}",
+        f"--output_dir={out}",
+        "--train_shards=2",
+        "--validation_shards=1",
+        "--processes=2",
+    ]
     result = run_tool("build_imagenet_tfrecords.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "n02_broken.JPEG" in result.stderr and "1 unreadable" in result.stderr
@@ -198,12 +234,17 @@ def test_imagenet_builder_writes_the_standard_schema(tmp_path):
         if r["image/filename"][0].decode().endswith("_0.JPEG"):
             np.testing.assert_allclose(
                 [r[f"image/object/bbox/{k}"][0] for k in ("xmin", "ymin", "xmax", "ymax")],
-                [4 / 40, 3 / 30, 20 / 40, 15 / 30], rtol=1e-6)
+                [4 / 40, 3 / 30, 20 / 40, 15 / 30],
+                rtol=1e-6,
+            )
         else:
             assert "image/object/bbox/xmin" not in r or not r["image/object/bbox/xmin"]
     _, val_records = read_records(out, "validation")
     assert [(r["image/filename"][0], r["image/class/label"][0]) for r in val_records] == [
-        (b"val_0.JPEG", 3), (b"val_1.JPEG", 1), (b"val_2.JPEG", 2)]
+        (b"val_0.JPEG", 3),
+        (b"val_1.JPEG", 1),
+        (b"val_2.JPEG", 2),
+    ]
 
     # A second run keeps finished shards; a missing one is written again.
     os.remove(files[1])
@@ -215,6 +256,9 @@ def test_imagenet_builder_writes_the_standard_schema(tmp_path):
 
 
 def test_imagenet_builder_names_a_missing_folder(tmp_path):
-    result = run_tool("build_imagenet_tfrecords.py", f"--train_dir={tmp_path / 'nope'}",
-                      f"--output_dir={tmp_path}")
+    result = run_tool(
+        "build_imagenet_tfrecords.py",
+        f"--train_dir={tmp_path / 'nope'}",
+        f"--output_dir={tmp_path}",
+    )
     assert result.returncode != 0 and "--train_dir" in result.stderr

@@ -9,10 +9,9 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 if keras.backend.backend() != "tensorflow":
     pytest.skip("the trainer needs TensorFlow", allow_module_level=True)
@@ -23,10 +22,21 @@ from tf_lars.training import flagfiles  # noqa: E402
 from tf_lars.training import flags as train_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--data_format=synthetic", "--model=resnet8", "--image_size=16", "--num_classes=4",
-        "--batch_size=16", "--train_examples=64", "--eval_examples=32", "--seed=3",
-        "--warmup_epochs=1", "--learning_rate=0.5", "--trust_coefficient=0.01",
-        "--log_every_steps=1", "--verbose=0"]
+TINY = [
+    "--data_format=synthetic",
+    "--model=resnet8",
+    "--image_size=16",
+    "--num_classes=4",
+    "--batch_size=16",
+    "--train_examples=64",
+    "--eval_examples=32",
+    "--seed=3",
+    "--warmup_epochs=1",
+    "--learning_rate=0.5",
+    "--trust_coefficient=0.01",
+    "--log_every_steps=1",
+    "--verbose=0",
+]
 
 
 def env(**extra):
@@ -34,8 +44,13 @@ def env(**extra):
 
 
 def train(*args, timeout=300, **extra_env):
-    return subprocess.run([sys.executable, "-m", "tf_lars.train", *args], env=env(**extra_env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tf_lars.train", *args],
+        env=env(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def last_line(result):
@@ -61,9 +76,18 @@ def absl_flags():
 
 def test_every_shipped_flagfile_parses(absl_flags):
     shipped = flagfiles.shipped()
-    assert {"common", "smoke", "fashion_mnist", "resnet50_lars_32k", "resnet50_lars_16k",
-            "resnet50_lars_8k", "alexnet_bn_lars_8k", "alexnet_bn_lars_32k",
-            "resnet50_sgd_256", "resnet50_goyal_8k"} <= set(shipped)
+    assert {
+        "common",
+        "smoke",
+        "fashion_mnist",
+        "resnet50_lars_32k",
+        "resnet50_lars_16k",
+        "resnet50_lars_8k",
+        "alexnet_bn_lars_8k",
+        "alexnet_bn_lars_32k",
+        "resnet50_sgd_256",
+        "resnet50_goyal_8k",
+    } <= set(shipped)
     for name in shipped:
         absl_flags.unparse_flags()
         absl_flags(flagfiles.expand(["prog", f"--flagfile={name}"]))
@@ -82,7 +106,10 @@ def test_flagfile_by_path_and_errors(tmp_path):
     base.write_text("# a comment\n--batch_size=48\n")
     (tmp_path / "child.cfg").write_text("--flagfile=base.cfg\n--epochs=3\n")
     assert flagfiles.expand(["p", f"--flagfile={tmp_path / 'child.cfg'}"]) == [
-        "p", "--batch_size=48", "--epochs=3"]
+        "p",
+        "--batch_size=48",
+        "--epochs=3",
+    ]
     with pytest.raises(SystemExit, match="no_such: no such file"):
         flagfiles.expand(["p", "--flagfile=no_such"])
     (tmp_path / "loop.cfg").write_text("--flagfile=loop.cfg\n")
@@ -90,17 +117,25 @@ def test_flagfile_by_path_and_errors(tmp_path):
         flagfiles.expand(["p", f"--flagfile={tmp_path / 'loop.cfg'}"])
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--strategy=bogus"], "--strategy"),
-    (["--strategy=tpu"], "--strategy=tpu: no TPU"),
-    (["--strategy=mirrored", "--cpu_devices=2", "--batch_size=15"],
-     "--batch_size=15 does not divide among the 2 replicas"),
-    (["--data_format=imagenet", "--data_dir=/no/such/dir"], "data_dir '/no/such/dir' is not a folder"),
-    (["--data_format=imagenet"], "--data_dir is needed"),
-    (None, "give the run's length: --epochs or --train_steps"),
-    (["--channels=1", "--preset=tpu"], "--preset=tpu normalizes 3 channels, not --channels=1"),
-    (["--precise_bn_images=-5"], "--precise_bn_images=-5 is negative"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--strategy=bogus"], "--strategy"),
+        (["--strategy=tpu"], "--strategy=tpu: no TPU"),
+        (
+            ["--strategy=mirrored", "--cpu_devices=2", "--batch_size=15"],
+            "--batch_size=15 does not divide among the 2 replicas",
+        ),
+        (
+            ["--data_format=imagenet", "--data_dir=/no/such/dir"],
+            "data_dir '/no/such/dir' is not a folder",
+        ),
+        (["--data_format=imagenet"], "--data_dir is needed"),
+        (None, "give the run's length: --epochs or --train_steps"),
+        (["--channels=1", "--preset=tpu"], "--preset=tpu normalizes 3 channels, not --channels=1"),
+        (["--precise_bn_images=-5"], "--precise_bn_images=-5 is negative"),
+    ],
+)
 def test_bad_flags_fail_with_one_clear_line(tmp_path, args, message):
     length = [] if args is None else ["--epochs=1"]
     result = train(*TINY, f"--model_dir={tmp_path}", *length, *(args or []), timeout=120)
@@ -111,11 +146,13 @@ def test_bad_flags_fail_with_one_clear_line(tmp_path, args, message):
 
 def test_deterministic_needs_a_seed(tmp_path):
     unseeded = [a for a in TINY if not a.startswith("--seed")]
-    result = train(*unseeded, f"--model_dir={tmp_path}", "--epochs=1", "--deterministic",
-                   timeout=120)
+    result = train(
+        *unseeded, f"--model_dir={tmp_path}", "--epochs=1", "--deterministic", timeout=120
+    )
     assert result.returncode != 0
-    assert last_line(result) == ("tf-lars-train: error: --deterministic needs --seed: give "
-                                 "both, e.g. --seed=1")
+    assert last_line(result) == (
+        "tf-lars-train: error: --deterministic needs --seed: give both, e.g. --seed=1"
+    )
 
 
 DETERMINISM_CHECK = """
@@ -159,8 +196,13 @@ def test_make_deterministic_repeats_large_batch_gradients_bit_for_bit():
     # while another process loaded a core (and once in a full test run); with
     # both at one thread, in none of 8 such runs. Repeated calls catch a lost
     # fix only some of the time, so the check also asserts the settings.
-    result = subprocess.run([sys.executable, "-c", DETERMINISM_CHECK], env=env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", DETERMINISM_CHECK],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -179,12 +221,24 @@ def read_tags(folder):
 def fashion_mnist_shards(shards, validation_shards=1):
     """512 Fashion-MNIST images in 2 training shards (and theirs for validation)."""
     build = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "build_fashion_mnist_tfrecords.py"),
-         f"--output_dir={shards}", "--limit=512", "--train_shards=2",
-         f"--validation_shards={validation_shards}"]
-        + ([f"--idx_dir={os.environ['TF_LARS_FASHION_MNIST']}"]
-           if os.environ.get("TF_LARS_FASHION_MNIST") else []),
-        env=env(), capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "build_fashion_mnist_tfrecords.py"),
+            f"--output_dir={shards}",
+            "--limit=512",
+            "--train_shards=2",
+            f"--validation_shards={validation_shards}",
+        ]
+        + (
+            [f"--idx_dir={os.environ['TF_LARS_FASHION_MNIST']}"]
+            if os.environ.get("TF_LARS_FASHION_MNIST")
+            else []
+        ),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if build.returncode and "not found" in build.stderr:
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     assert build.returncode == 0, build.stderr[-2000:]
@@ -194,11 +248,22 @@ def fashion_mnist_shards(shards, validation_shards=1):
 @pytest.mark.heavy
 def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
     shards, out = fashion_mnist_shards(tmp_path / "shards"), tmp_path / "run"
-    result = train("--flagfile=fashion_mnist", f"--data_dir={shards}", f"--model_dir={out}",
-                   "--model=resnet8", "--batch_size=128", "--train_examples=512",
-                   "--eval_examples=512", "--epochs=2", "--log_every_steps=1",
-                   "--eval_every_epochs=1", "--learning_rate=0.5", "--verbose=0",
-                   "--test_split=train", "--test_examples=512")
+    result = train(
+        "--flagfile=fashion_mnist",
+        f"--data_dir={shards}",
+        f"--model_dir={out}",
+        "--model=resnet8",
+        "--batch_size=128",
+        "--train_examples=512",
+        "--eval_examples=512",
+        "--epochs=2",
+        "--log_every_steps=1",
+        "--eval_every_epochs=1",
+        "--learning_rate=0.5",
+        "--verbose=0",
+        "--test_split=train",
+        "--test_examples=512",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tf-lars-train: resnet8 on fashion_mnist: top-1" in result.stdout
     assert "on 1000 validation images; test top-1" in result.stdout  # 1 batch of 1000
@@ -215,8 +280,13 @@ def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
     from tf_lars.training import inputs
 
     data = inputs.spec("fashion_mnist", str(shards))
-    images, labels = next(iter(inputs.dataset_fn(data, 1000, False, split="train",
-                                                 autotune=False)(tf.distribute.InputContext())))
+    images, labels = next(
+        iter(
+            inputs.dataset_fn(data, 1000, False, split="train", autotune=False)(
+                tf.distribute.InputContext()
+            )
+        )
+    )
     model = keras.models.load_model(out / "model.keras", compile=False)
     predicted = np.argmax(model.predict(images.numpy(), verbose=0), axis=1)
     top1 = np.mean(predicted == np.argmax(labels.numpy(), axis=1))
@@ -227,19 +297,31 @@ def test_real_run_on_shards_writes_logs_checkpoints_and_summary(tmp_path):
     assert config["flags"]["batch_size"] == 128 and config["derived"]["steps_per_epoch"] == 4
     assert config["derived"]["warmup_steps"] == 8 - 1  # 2 warmup epochs, capped below the end
     assert (out / "model.keras").exists() and (out / "checkpoint.keras").exists()
-    wrong = train("--flagfile=fashion_mnist", f"--data_dir={shards}", f"--model_dir={out}x",
-                  "--epochs=1", "--eval_split=holdout")
+    wrong = train(
+        "--flagfile=fashion_mnist",
+        f"--data_dir={shards}",
+        f"--model_dir={out}x",
+        "--epochs=1",
+        "--eval_split=holdout",
+    )
     assert wrong.returncode != 0 and "no holdout shards match" in last_line(wrong)
     tags = read_tags(str(out))
-    for expected in [("train", "learning_rate"), ("train", "images_per_second"),
-                     ("train", "epoch_images_per_second"), ("train", "epoch_loss"),
-                     ("train", "epoch_accuracy"), ("train", "epoch_top5"),
-                     ("validation", "epoch_loss"), ("validation", "epoch_accuracy"),
-                     ("validation", "epoch_top5"), ("train", "lars/trust_ratios"),
-                     ("train", "skipped_records/bad_images"),
-                     ("train", "lars/trust_ratio/stem_conv/kernel"),
-                     ("train", "lars/weight_norm/logits/kernel"),
-                     ("train", "lars/grad_norm/logits/kernel")]:
+    for expected in [
+        ("train", "learning_rate"),
+        ("train", "images_per_second"),
+        ("train", "epoch_images_per_second"),
+        ("train", "epoch_loss"),
+        ("train", "epoch_accuracy"),
+        ("train", "epoch_top5"),
+        ("validation", "epoch_loss"),
+        ("validation", "epoch_accuracy"),
+        ("validation", "epoch_top5"),
+        ("train", "lars/trust_ratios"),
+        ("train", "skipped_records/bad_images"),
+        ("train", "lars/trust_ratio/stem_conv/kernel"),
+        ("train", "lars/weight_norm/logits/kernel"),
+        ("train", "lars/grad_norm/logits/kernel"),
+    ]:
         assert expected in tags, sorted(tags)
 
 
@@ -247,8 +329,12 @@ def synthetic_images(count, size, seed):
     """The synthetic stream's first `count` images (its definition, restated)."""
     import tensorflow as tf
 
-    return np.stack([tf.random.stateless_uniform([size, size, 3], [seed, i], 0, 256,
-                                                 tf.int32).numpy() for i in range(count)])
+    return np.stack(
+        [
+            tf.random.stateless_uniform([size, size, 3], [seed, i], 0, 256, tf.int32).numpy()
+            for i in range(count)
+        ]
+    )
 
 
 def stem_statistics(model, images):
@@ -260,15 +346,21 @@ def stem_statistics(model, images):
     x = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
     kernel = model.get_layer("stem_conv").get_weights()[0].astype(np.float64)
     size = images.shape[1]
-    out = sum(x[:, i:i + size, j:j + size] @ kernel[i, j] for i in range(3) for j in range(3))
+    out = sum(x[:, i : i + size, j : j + size] @ kernel[i, j] for i in range(3) for j in range(3))
     flat = out.reshape(-1, out.shape[-1])
     return flat.mean(0), flat.var(0)
 
 
 def test_precise_bn_writes_the_training_images_statistics(tmp_path):
     # Two replicas; 64 images are 4 global batches of 16: the stream's images 0..63.
-    result = train(*TINY, f"--model_dir={tmp_path}", "--epochs=2", "--strategy=mirrored",
-                   "--cpu_devices=2", "--precise_bn_images=64")
+    result = train(
+        *TINY,
+        f"--model_dir={tmp_path}",
+        "--epochs=2",
+        "--strategy=mirrored",
+        "--cpu_devices=2",
+        "--precise_bn_images=64",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     model = keras.models.load_model(tmp_path / "model.keras", compile=False)
     mean, var = stem_statistics(model, synthetic_images(64, 16, seed=3))
@@ -283,8 +375,14 @@ def test_precise_bn_writes_the_training_images_statistics(tmp_path):
 
 
 def test_nan_loss_stops_with_likely_causes(tmp_path):
-    result = train(*TINY, f"--model_dir={tmp_path}", "--epochs=2", "--learning_rate=1e30",
-                   "--trust_coefficient=1e10", "--optimizer=lars")
+    result = train(
+        *TINY,
+        f"--model_dir={tmp_path}",
+        "--epochs=2",
+        "--learning_rate=1e30",
+        "--trust_coefficient=1e10",
+        "--optimizer=lars",
+    )
     assert result.returncode != 0
     line = last_line(result)
     assert "training stopped: the loss became" in line and "--trust_coefficient" in line
@@ -298,9 +396,12 @@ def epochs_logged(model_dir):
 
 def kill_after_backup(args, out, epoch=2, timeout=300, **extra_env):
     """Starts the trainer; SIGKILLs it once its backup reaches `epoch`."""
-    process = subprocess.Popen([sys.executable, "-m", "tf_lars.train", *args],
-                               env=env(**extra_env), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tf_lars.train", *args],
+        env=env(**extra_env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_step(out, [process], epoch, timeout, key="epoch")
         process.send_signal(signal.SIGKILL)
@@ -312,8 +413,13 @@ def kill_after_backup(args, out, epoch=2, timeout=300, **extra_env):
 
 def test_killed_run_resumes_with_the_same_step_count(tmp_path):
     out = tmp_path / "run"
-    args = [*TINY, f"--model_dir={out}", "--epochs=6", "--train_examples=640",
-            "--eval_every_epochs=0"]
+    args = [
+        *TINY,
+        f"--model_dir={out}",
+        "--epochs=6",
+        "--train_examples=640",
+        "--eval_every_epochs=0",
+    ]
     start = time.time()
     kill_after_backup(args, out)
     first_part = time.time() - start
@@ -332,8 +438,14 @@ def test_killed_run_resumes_with_the_same_step_count(tmp_path):
 
 def test_rerun_keeps_a_finished_run_and_refuses_other_flags(tmp_path):
     out = tmp_path / "run"
-    args = [*TINY, f"--model_dir={out}", "--epochs=1", "--train_examples=32",
-            "--eval_every_epochs=0", "--eval_examples=24"]
+    args = [
+        *TINY,
+        f"--model_dir={out}",
+        "--epochs=1",
+        "--train_examples=32",
+        "--eval_every_epochs=0",
+        "--eval_examples=24",
+    ]
     first = train(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     # 24 images in batches of 16: two whole batches, said in the log.
@@ -353,7 +465,8 @@ def test_rerun_keeps_a_finished_run_and_refuses_other_flags(tmp_path):
     assert last_line(other) == (
         f"tf-lars-train: error: --model_dir {out} holds a run to resume that was started "
         "with --learning_rate=0.5, not 0.25: resume it with the same flags, or give a new "
-        "--model_dir")
+        "--model_dir"
+    )
     assert (out / "summary.json").read_bytes() == summary
 
 
@@ -381,8 +494,10 @@ def wait_for_step(run, processes, step, timeout=300, key="step"):
         if metadata.exists() and json.loads(metadata.read_text() or "{}").get(key, 0) >= step:
             return
         time.sleep(0.05)
-    raise AssertionError("the processes ended or stalled before the backup: " +
-                         (processes[0].communicate(timeout=60)[1] or "")[-2000:])
+    raise AssertionError(
+        "the processes ended or stalled before the backup: "
+        + (processes[0].communicate(timeout=60)[1] or "")[-2000:]
+    )
 
 
 def kill_the_second(run, processes, step=4):
@@ -406,11 +521,22 @@ def start_workers(args, model_dir, scratch_root):
     workers = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "tf_lars.train", *args, f"--model_dir={model_dir}",
-             f"--scratch_dir={scratch_root / f'scratch{index}'}"],
-            env=env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tf_lars.train",
+                    *args,
+                    f"--model_dir={model_dir}",
+                    f"--scratch_dir={scratch_root / f'scratch{index}'}",
+                ],
+                env=env(TF_CONFIG=tf_config),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return workers
 
 
@@ -421,18 +547,31 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
 
     # Both runs start from the same weights (TF's initial values depend on
     # the strategy), made here with the model the flags below select.
-    start = tf_lars.models.build("resnet8", num_classes=4, image_size=16, input_dtype="uint8",
-                                 mean=preprocessing.TPU.mean, std=preprocessing.TPU.std)
+    start = tf_lars.models.build(
+        "resnet8",
+        num_classes=4,
+        image_size=16,
+        input_dtype="uint8",
+        mean=preprocessing.TPU.mean,
+        std=preprocessing.TPU.std,
+    )
     start.save_weights(tmp_path / "start.weights.h5")
     # PreciseBN at the end pools both workers' batches (predict gathers them).
-    common = [*TINY, "--train_steps=6", "--eval_every_epochs=0", "--precise_bn_images=32",
-              f"--init_weights={tmp_path / 'start.weights.h5'}"]
-    single = train(*common, "--strategy=mirrored", "--cpu_devices=2",
-                   f"--model_dir={tmp_path / 'single'}")
+    common = [
+        *TINY,
+        "--train_steps=6",
+        "--eval_every_epochs=0",
+        "--precise_bn_images=32",
+        f"--init_weights={tmp_path / 'start.weights.h5'}",
+    ]
+    single = train(
+        *common, "--strategy=mirrored", "--cpu_devices=2", f"--model_dir={tmp_path / 'single'}"
+    )
     assert single.returncode == 0, single.stderr[-3000:]
 
-    workers = start_workers([*common, "--strategy=multi_worker_mirrored"], tmp_path / "multi",
-                            tmp_path)
+    workers = start_workers(
+        [*common, "--strategy=multi_worker_mirrored"], tmp_path / "multi", tmp_path
+    )
     try:
         outputs = [w.communicate(timeout=240) for w in workers]
     finally:
@@ -447,8 +586,10 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
 
     # The trained weights are all-reduced, and the recomputed BatchNorm
     # statistics pooled from both workers: all the same on both workers.
-    for a, b in zip(weights_of(tmp_path / "multi" / "model.keras"),
-                    weights_of(tmp_path / "scratch1" / "model.keras")):
+    for a, b in zip(
+        weights_of(tmp_path / "multi" / "model.keras"),
+        weights_of(tmp_path / "scratch1" / "model.keras"),
+    ):
         np.testing.assert_array_equal(a, b)
     # All weights, BatchNorm's statistics too, equal the one-process run's.
     start = start.get_weights()
@@ -457,7 +598,7 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     # Usually equal to 3e-7, but one run on a busy machine differed by up to
     # 5e-4 (not yet explained), against about 1 of training movement; a
     # missing or doubled all-reduce moves the weights far more than 1e-3.
-    for a, c, s in zip(chief, alone, start):
+    for a, c, _s in zip(chief, alone, start):
         np.testing.assert_allclose(a, c, atol=1e-3, rtol=1e-3)
     assert max(np.abs(a - s).max() for a, s in zip(chief, start)) > 1e-3  # it trained
     # The chief's files, and nothing of the other worker's, are in --model_dir.
@@ -470,38 +611,74 @@ def test_wheel_ships_the_flagfiles_and_the_console_script(tmp_path):
     import zipfile
 
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), ROOT], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            ROOT,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if built.returncode and "No module named" in built.stderr:
         pytest.skip(f"cannot build wheels here: {built.stderr.strip()[-200:]}")
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = glob.glob(str(tmp_path / "tf_lars-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = {os.path.basename(n)[:-4] for n in names if n.startswith("tf_lars/flagfiles/")
-               and n.endswith(".cfg")}
+    shipped = {
+        os.path.basename(n)[:-4]
+        for n in names
+        if n.startswith("tf_lars/flagfiles/") and n.endswith(".cfg")
+    }
     assert shipped == set(flagfiles.shipped())
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "tf-lars-train = tf_lars.train:run" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert (
+        "tf-lars-train = tf_lars.train:run" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )
 
 
 def test_a_flagfile_without_a_rate_gets_the_linear_scaling_rule(tmp_path):
     """--base_learning_rate * --batch_size / --base_batch_size, and every
     derived count, checked against values worked out by hand."""
     flagfile = tmp_path / "scaled.cfg"
-    flagfile.write_text("\n".join([
-        "--data_format=synthetic", "--model=resnet8", "--image_size=16", "--num_classes=4",
-        "--batch_size=48", "--base_learning_rate=0.2", "--base_batch_size=32",
-        "--train_examples=480", "--epochs=3", "--warmup_epochs=1.5", "--eval_examples=100",
-        "--eval_batch_size=24", "--eval_every_epochs=0", "--verbose=0", "--seed=1"]) + "\n")
+    flagfile.write_text(
+        "\n".join(
+            [
+                "--data_format=synthetic",
+                "--model=resnet8",
+                "--image_size=16",
+                "--num_classes=4",
+                "--batch_size=48",
+                "--base_learning_rate=0.2",
+                "--base_batch_size=32",
+                "--train_examples=480",
+                "--epochs=3",
+                "--warmup_epochs=1.5",
+                "--eval_examples=100",
+                "--eval_batch_size=24",
+                "--eval_every_epochs=0",
+                "--verbose=0",
+                "--seed=1",
+            ]
+        )
+        + "\n"
+    )
     out = tmp_path / "run"
     result = train(f"--flagfile={flagfile}", f"--model_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     derived = json.loads((out / "flags.json").read_text())["derived"]
     assert derived["peak_learning_rate"] == pytest.approx(0.2 * 48 / 32)  # 0.3
-    assert derived["steps_per_epoch"] == 10        # 480 // 48
-    assert derived["total_steps"] == 30            # 3 epochs
-    assert derived["warmup_steps"] == 15           # 1.5 epochs
-    assert derived["eval_steps"] == 5              # ceil(100 / 24)
+    assert derived["steps_per_epoch"] == 10  # 480 // 48
+    assert derived["total_steps"] == 30  # 3 epochs
+    assert derived["warmup_steps"] == 15  # 1.5 epochs
+    assert derived["eval_steps"] == 5  # ceil(100 / 24)
     # The optimizer trained with that schedule: it is saved with the model.
     model = keras.models.load_model(out / "model.keras")
     schedule = model.optimizer._learning_rate
@@ -510,20 +687,47 @@ def test_a_flagfile_without_a_rate_gets_the_linear_scaling_rule(tmp_path):
     assert int(model.optimizer.iterations) == 30
 
 
-@pytest.mark.parametrize("flags_given,expected", [
-    (["--trust_coefficient=0.0123", "--momentum=0.85", "--weight_decay=0.0003",
-      "--trust_ratio=decayed_gradient", "--clip_trust_ratio",
-      "--exclude_from_weight_decay=bias,gamma", "--exclude_from_layer_adaptation=beta",
-      "--gradient_accumulation_steps=2"],
-     dict(name="lars", trust_coefficient=0.0123, momentum=0.85, weight_decay=0.0003,
-          trust_ratio="decayed_gradient", clip_trust_ratio=True, nesterov=False,
-          exclude_from_weight_decay=["bias", "gamma"], exclude_from_layer_adaptation=["beta"],
-          gradient_accumulation_steps=2)),
-    (["--optimizer=nesterov", "--momentum=0.8", "--weight_decay=0.0002"],
-     dict(name="nesterov", momentum=0.8, weight_decay=0.0002, nesterov=True,
-          clip_trust_ratio=False, exclude_from_weight_decay=None,
-          exclude_from_layer_adaptation=[""])),  # no layer adaptation at all
-])
+@pytest.mark.parametrize(
+    "flags_given,expected",
+    [
+        (
+            [
+                "--trust_coefficient=0.0123",
+                "--momentum=0.85",
+                "--weight_decay=0.0003",
+                "--trust_ratio=decayed_gradient",
+                "--clip_trust_ratio",
+                "--exclude_from_weight_decay=bias,gamma",
+                "--exclude_from_layer_adaptation=beta",
+                "--gradient_accumulation_steps=2",
+            ],
+            dict(
+                name="lars",
+                trust_coefficient=0.0123,
+                momentum=0.85,
+                weight_decay=0.0003,
+                trust_ratio="decayed_gradient",
+                clip_trust_ratio=True,
+                nesterov=False,
+                exclude_from_weight_decay=["bias", "gamma"],
+                exclude_from_layer_adaptation=["beta"],
+                gradient_accumulation_steps=2,
+            ),
+        ),
+        (
+            ["--optimizer=nesterov", "--momentum=0.8", "--weight_decay=0.0002"],
+            dict(
+                name="nesterov",
+                momentum=0.8,
+                weight_decay=0.0002,
+                nesterov=True,
+                clip_trust_ratio=False,
+                exclude_from_weight_decay=None,
+                exclude_from_layer_adaptation=[""],
+            ),
+        ),  # no layer adaptation at all
+    ],
+)
 def test_every_optimizer_flag_reaches_the_optimizer_that_trains(tmp_path, flags_given, expected):
     result = train(*TINY, f"--model_dir={tmp_path}", "--train_steps=2", *flags_given)
     assert result.returncode == 0, result.stderr[-2000:]

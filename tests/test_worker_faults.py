@@ -3,20 +3,24 @@
 import json
 import signal
 
-import pytest
-
 import keras
+import pytest
 
 if keras.backend.backend() != "tensorflow":
     pytest.skip("MultiWorkerMirroredStrategy needs TensorFlow", allow_module_level=True)
 
-from test_training import (TINY, epochs_logged, finish, kill_the_second,  # noqa: E402
-                           wait_for_step, weights_of)
+from test_training import TINY, epochs_logged, finish, kill_the_second, wait_for_step, weights_of  # noqa: E402
 from test_training import start_workers as two_workers  # noqa: E402
 
 # 20 steps an epoch, 3 epochs; a backup every 2 steps shows where the run is.
-ARGS = [*TINY, "--train_examples=320", "--epochs=3", "--eval_every_epochs=0",
-        "--backup_every_steps=2", "--strategy=multi_worker_mirrored"]
+ARGS = [
+    *TINY,
+    "--train_examples=320",
+    "--epochs=3",
+    "--eval_every_epochs=0",
+    "--backup_every_steps=2",
+    "--strategy=multi_worker_mirrored",
+]
 
 
 def start_workers(tmp_path, args=ARGS):
@@ -30,10 +34,12 @@ def test_a_killed_worker_ends_its_peer_within_seconds_with_one_line(tmp_path):
     assert workers[0].returncode == 1
     line = err.strip().splitlines()[-1]
     saved = json.loads((tmp_path / "run" / "backup" / "training_metadata.json").read_text())
-    assert line == (f"tf-lars-train: error: worker 1 stopped answering (UnavailableError); the "
-                    f"last backup is at step {saved['step']} (epoch 1, batch {saved['batch']}) "
-                    f"in {tmp_path / 'run' / 'backup'}: start all workers again with the same "
-                    "command to resume"), err[-3000:]
+    assert line == (
+        f"tf-lars-train: error: worker 1 stopped answering (UnavailableError); the "
+        f"last backup is at step {saved['step']} (epoch 1, batch {saved['batch']}) "
+        f"in {tmp_path / 'run' / 'backup'}: start all workers again with the same "
+        "command to resume"
+    ), err[-3000:]
     assert "Traceback" not in err
     assert seconds < 60, seconds  # measured: about 7 s on 2 cores
 
@@ -49,8 +55,7 @@ def test_sigterm_on_one_worker_stops_both_at_one_step_and_both_resume_there(tmp_
         for w in workers:
             w.kill()
     assert [w.returncode for w in workers] == [75, 75], [e[-2000:] for _, e in outputs]
-    steps = {out.strip().splitlines()[-1].split("at step ")[1].split(";")[0]
-             for out, _ in outputs}
+    steps = {out.strip().splitlines()[-1].split("at step ")[1].split(";")[0] for out, _ in outputs}
     saved = json.loads((tmp_path / "run" / "backup" / "training_metadata.json").read_text())
     assert steps == {str(saved["step"])}  # one step for both: the chief's backup
     assert 0 < saved["batch"] < 20  # inside the first epoch
@@ -61,6 +66,8 @@ def test_sigterm_on_one_worker_stops_both_at_one_step_and_both_resume_there(tmp_
     assert epochs_logged(tmp_path / "run") == [0, 1, 2]  # one row an epoch
     # Both workers hold the same trained weights at the end (BatchNorm's
     # moving statistics are each worker's own).
-    for a, b in zip(weights_of(tmp_path / "run" / "model.keras", trainable_only=True),
-                    weights_of(tmp_path / "scratch1" / "model.keras", trainable_only=True)):
+    for a, b in zip(
+        weights_of(tmp_path / "run" / "model.keras", trainable_only=True),
+        weights_of(tmp_path / "scratch1" / "model.keras", trainable_only=True),
+    ):
         assert (a == b).all()

@@ -10,6 +10,7 @@
 
 import math
 import time
+from typing import Any
 
 import keras
 import numpy as np
@@ -40,7 +41,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         self.global_batch_size = global_batch_size
         self.log_every_steps = max(1, log_every_steps)
         self.bad_records = bad_records
-        self._writer = None
+        self._writer: Any = None
 
     def on_train_begin(self, logs=None):
         import tensorflow as tf  # tf.summary writes the event files
@@ -59,8 +60,9 @@ class TrainingMonitor(keras.callbacks.Callback):
         step = self._step()
         optimizer = self.model.optimizer
         with self._writer.as_default(step=step):
-            self._summary.scalar("learning_rate",
-                                 float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+            self._summary.scalar(
+                "learning_rate", float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            )
             if step - self._last_step >= self.log_every_steps:
                 now = time.perf_counter()
                 rate = (step - self._last_step) * self.global_batch_size / (now - self._last_time)
@@ -120,12 +122,18 @@ class SkippedRecords(keras.callbacks.Callback):
         total = self._total("train")
         if total > self._train_seen:
             self._train_seen = total
-            self.printer(f"tf-lars-train: epoch {epoch + 1}: skipped so far in train: "
-                         f"{self.bad_records.describe('train')}", flush=True)
+            self.printer(
+                f"tf-lars-train: epoch {epoch + 1}: skipped so far in train: "
+                f"{self.bad_records.describe('train')}",
+                flush=True,
+            )
 
     def on_test_begin(self, logs=None):
-        self._eval_before = self.bad_records.result(self.eval_split) \
-            if self.eval_split in self.bad_records.splits else None
+        self._eval_before = (
+            self.bad_records.result(self.eval_split)
+            if self.eval_split in self.bad_records.splits
+            else None
+        )
 
     def on_test_end(self, logs=None):
         if self.eval_split not in self.bad_records.splits:
@@ -137,8 +145,11 @@ class SkippedRecords(keras.callbacks.Callback):
         if self.last_eval and self.last_eval != self._eval_said:
             self._eval_said = self.last_eval
             shards = self.bad_records.describe(self.eval_split)
-            self.printer(f"tf-lars-train: evaluation skipped in {self.eval_split}: "
-                         f"{self.last_eval} ({shards})", flush=True)
+            self.printer(
+                f"tf-lars-train: evaluation skipped in {self.eval_split}: "
+                f"{self.last_eval} ({shards})",
+                flush=True,
+            )
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -156,5 +167,6 @@ class StopOnNaN(keras.callbacks.Callback):
                 f"the loss became {float(loss)} at step {step}. Likely causes: a learning "
                 "rate too high for this batch size (--learning_rate, "
                 "--base_learning_rate), a trust coefficient too large "
-                "(--trust_coefficient), or a warmup too short (--warmup_epochs)")
+                "(--trust_coefficient), or a warmup too short (--warmup_epochs)"
+            )
             self.model.stop_training = True

@@ -27,6 +27,8 @@ constant and differ while a schedule changes it.
 """
 
 import re
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import keras
 from keras import ops
@@ -34,11 +36,16 @@ from keras import ops
 _TRUST_RATIOS = ("paper", "decayed_gradient")
 
 
-def _norm(x):
+def _three(values: Any) -> tuple[float, float, float]:
+    ratio, w_norm, g_norm = (float(v) for v in values)
+    return ratio, w_norm, g_norm
+
+
+def _norm(x: Any) -> Any:
     return ops.sqrt(ops.sum(ops.square(x)))
 
 
-def _dense(gradient, variable):
+def _dense(gradient: Any, variable: Any) -> Any:
     """A gradient as a dense tensor; repeated entries of a sparse one add up.
 
     LARS's norms need the dense gradient (decay and momentum touch every row
@@ -49,14 +56,15 @@ def _dense(gradient, variable):
     `convert_to_tensor(sparse=False)`.
     """
     if type(gradient).__name__ == "IndexedSlices":
-        return ops.scatter(ops.expand_dims(gradient.indices, -1), gradient.values,
-                           ops.shape(variable))
+        return ops.scatter(
+            ops.expand_dims(gradient.indices, -1), gradient.values, ops.shape(variable)
+        )
     if getattr(gradient, "is_sparse", False):  # torch.sparse_coo_tensor
         return gradient.to_dense()
     return ops.convert_to_tensor(gradient, sparse=False)
 
 
-def _compile_patterns(patterns, argument):
+def _compile_patterns(patterns: Optional[Sequence[str]], argument: str) -> Any:
     if patterns is None:
         return None
     if isinstance(patterns, str):
@@ -133,41 +141,33 @@ class LARS(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        learning_rate=0.1,
-        momentum=0.9,
-        nesterov=False,
-        weight_decay=0.0,
-        trust_coefficient=0.001,
-        epsilon=0.0,
-        trust_ratio="paper",
-        clip_trust_ratio=False,
-        exclude_from_weight_decay=None,
-        exclude_from_layer_adaptation=None,
-        track_trust_ratios=False,
-        name=None,
-        **kwargs,
-    ):
+        learning_rate: Any = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        epsilon: float = 0.0,
+        trust_ratio: str = "paper",
+        clip_trust_ratio: bool = False,
+        exclude_from_weight_decay: Optional[Sequence[str]] = None,
+        exclude_from_layer_adaptation: Optional[Sequence[str]] = None,
+        track_trust_ratios: bool = False,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
         # `weight_decay` is deliberately not passed on: the base class's decay
         # is decoupled and would be applied on top of LARS's own.
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0.0 <= float(momentum) < 1.0:
-            raise ValueError(
-                f"`momentum` must be in [0, 1). Received: momentum={momentum}"
-            )
+            raise ValueError(f"`momentum` must be in [0, 1). Received: momentum={momentum}")
         if float(weight_decay) < 0.0:
-            raise ValueError(
-                "`weight_decay` must be >= 0. "
-                f"Received: weight_decay={weight_decay}"
-            )
+            raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay}")
         if float(trust_coefficient) <= 0.0:
             raise ValueError(
-                "`trust_coefficient` must be > 0. "
-                f"Received: trust_coefficient={trust_coefficient}"
+                f"`trust_coefficient` must be > 0. Received: trust_coefficient={trust_coefficient}"
             )
         if float(epsilon) < 0.0:
-            raise ValueError(
-                f"`epsilon` must be >= 0. Received: epsilon={epsilon}"
-            )
+            raise ValueError(f"`epsilon` must be >= 0. Received: epsilon={epsilon}")
         if trust_ratio not in _TRUST_RATIOS:
             raise ValueError(
                 f"`trust_ratio` must be one of {_TRUST_RATIOS}. "
@@ -190,7 +190,7 @@ class LARS(keras.optimizers.Optimizer):
         if self._adaptation_patterns is None:
             self._adaptation_patterns = self._decay_patterns
 
-    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+    def exclude_from_weight_decay(self, var_list: Any = None, var_names: Any = None) -> None:
         raise ValueError(
             "LARS takes its exclusions as constructor arguments: "
             "LARS(exclude_from_weight_decay=[regex, ...], "
@@ -198,13 +198,13 @@ class LARS(keras.optimizers.Optimizer):
         )
 
     @staticmethod
-    def _excluded(variable, patterns):
+    def _excluded(variable: Any, patterns: Any) -> bool:
         if patterns is None:  # Common practice: rank <= 1 is excluded.
             return len(variable.shape) <= 1
         path = getattr(variable, "path", variable.name)
         return any(p.search(path) for p in patterns)
 
-    def build(self, variables):
+    def build(self, variables: Any) -> None:
         """Creates the momentum buffers and resolves both masks by index.
 
         Masks are resolved here because under the TF backend `update_step`
@@ -214,13 +214,10 @@ class LARS(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self._decayed = [
-            self.weight_decay_rate > 0
-            and not self._excluded(v, self._decay_patterns)
+            self.weight_decay_rate > 0 and not self._excluded(v, self._decay_patterns)
             for v in variables
         ]
-        self._adapted = [
-            not self._excluded(v, self._adaptation_patterns) for v in variables
-        ]
+        self._adapted = [not self._excluded(v, self._adaptation_patterns) for v in variables]
         self.momentums = []
         if self.momentum:
             self.momentums = self.add_optimizer_variables(variables, "momentum")
@@ -236,7 +233,7 @@ class LARS(keras.optimizers.Optimizer):
                         name=f"{v.path.replace('/', '_')}_lars_stats",
                     )
 
-    def _ratio(self, w_norm, grad_norm, g_norm, wd, learning_rate):
+    def _ratio(self, w_norm: Any, grad_norm: Any, g_norm: Any, wd: Any, learning_rate: Any) -> Any:
         """The trust ratio; `g_norm` is ||grad + wd*w||, `wd` the decay used."""
         dtype = w_norm.dtype
         eta = ops.cast(self.trust_coefficient, dtype)
@@ -252,7 +249,7 @@ class LARS(keras.optimizers.Optimizer):
         valid = ops.logical_and(w_norm > 0, denominator_norm > 0)
         return ops.where(valid, ratio, ops.ones_like(ratio))
 
-    def update_step(self, gradient, variable, learning_rate):
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         index = self._get_variable_index(variable)
         dtype = variable.dtype
         learning_rate = ops.cast(learning_rate, dtype)
@@ -288,7 +285,7 @@ class LARS(keras.optimizers.Optimizer):
         else:
             self.assign_sub(variable, v)
 
-    def trust_ratio_stats(self):
+    def trust_ratio_stats(self) -> dict[str, tuple[float, float, float]]:
         """Latest `{path: (trust_ratio, weight_norm, grad_norm)}` as numpy.
 
         Needs `track_trust_ratios=True` and a built optimizer; empty otherwise.
@@ -297,14 +294,14 @@ class LARS(keras.optimizers.Optimizer):
         if not self.built or not self.track_trust_ratios:
             return {}
         return {
-            path: tuple(float(x) for x in ops.convert_to_numpy(self._stats[i]))
+            path: _three(ops.convert_to_numpy(self._stats[i]))
             for i, path in self._stat_paths.items()
         }
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
 
-        def patterns(compiled):
+        def patterns(compiled: Any) -> Optional[list[str]]:
             return None if compiled is None else [p.pattern for p in compiled]
 
         config.update(
@@ -317,9 +314,7 @@ class LARS(keras.optimizers.Optimizer):
                 "trust_ratio": self.trust_ratio,
                 "clip_trust_ratio": self.clip_trust_ratio,
                 "exclude_from_weight_decay": patterns(self._decay_patterns),
-                "exclude_from_layer_adaptation": patterns(
-                    self._adaptation_patterns
-                ),
+                "exclude_from_layer_adaptation": patterns(self._adaptation_patterns),
                 "track_trust_ratios": self.track_trust_ratios,
             }
         )

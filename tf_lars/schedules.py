@@ -13,11 +13,16 @@ passes the end.
 * `linear_scaling`: the linear scaling rule for the peak rate.
 """
 
+from collections.abc import Sequence
+from typing import Any, Optional
+
 import keras
 from keras import ops
 
 
-def linear_scaling(base_learning_rate, batch_size, base_batch_size=256):
+def linear_scaling(
+    base_learning_rate: float, batch_size: int, base_batch_size: int = 256
+) -> float:
     """The linear scaling rule: `base_lr * batch_size / base_batch_size`.
 
     Goyal et al., "Accurate, Large Minibatch SGD", arXiv:1706.02677: when
@@ -31,11 +36,9 @@ def linear_scaling(base_learning_rate, batch_size, base_batch_size=256):
     return float(base_learning_rate) * batch_size / base_batch_size
 
 
-def _check_steps(warmup_steps, total_steps=None):
+def _check_steps(warmup_steps: int, total_steps: Optional[int] = None) -> None:
     if warmup_steps < 0:
-        raise ValueError(
-            f"`warmup_steps` must be >= 0. Received: warmup_steps={warmup_steps}"
-        )
+        raise ValueError(f"`warmup_steps` must be >= 0. Received: warmup_steps={warmup_steps}")
     if total_steps is not None and total_steps <= warmup_steps:
         raise ValueError(
             "`total_steps` must be larger than `warmup_steps`. Received: "
@@ -43,7 +46,7 @@ def _check_steps(warmup_steps, total_steps=None):
         )
 
 
-def _warmup(step, warmup_steps, initial, target):
+def _warmup(step: Any, warmup_steps: int, initial: float, target: Any) -> Any:
     """Linear ramp from `initial` at step 0 to `target` at `warmup_steps`."""
     fraction = step / ops.maximum(ops.cast(warmup_steps, step.dtype), 1.0)
     return initial + (target - initial) * fraction
@@ -72,14 +75,14 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(
         self,
-        peak_learning_rate,
-        total_steps,
-        warmup_steps=0,
-        power=2.0,
-        initial_learning_rate=0.0,
-        end_learning_rate=0.0,
-        name="WarmupPolynomialDecay",
-    ):
+        peak_learning_rate: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        power: float = 2.0,
+        initial_learning_rate: float = 0.0,
+        end_learning_rate: float = 0.0,
+        name: str = "WarmupPolynomialDecay",
+    ) -> None:
         _check_steps(warmup_steps, total_steps)
         self.peak_learning_rate = float(peak_learning_rate)
         self.total_steps = int(total_steps)
@@ -89,7 +92,7 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.end_learning_rate = float(end_learning_rate)
         self.name = name
 
-    def __call__(self, step):
+    def __call__(self, step: Any) -> Any:
         step = ops.cast(step, "float32")
         warm = _warmup(
             step,
@@ -104,7 +107,7 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
         ) * ops.power(ops.maximum(remaining, 0.0), self.power)
         return ops.where(step < self.warmup_steps, warm, decayed)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "peak_learning_rate": self.peak_learning_rate,
             "total_steps": self.total_steps,
@@ -127,12 +130,12 @@ class WarmupPiecewiseConstant(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(
         self,
-        boundaries,
-        values,
-        warmup_steps=0,
-        initial_learning_rate=0.0,
-        name="WarmupPiecewiseConstant",
-    ):
+        boundaries: Sequence[int],
+        values: Sequence[float],
+        warmup_steps: int = 0,
+        initial_learning_rate: float = 0.0,
+        name: str = "WarmupPiecewiseConstant",
+    ) -> None:
         _check_steps(warmup_steps)
         boundaries = [int(b) for b in boundaries]
         values = [float(v) for v in values]
@@ -141,9 +144,7 @@ class WarmupPiecewiseConstant(keras.optimizers.schedules.LearningRateSchedule):
                 "`values` must have one more entry than `boundaries`. "
                 f"Received: boundaries={boundaries}, values={values}"
             )
-        if boundaries != sorted(boundaries) or (
-            boundaries and boundaries[0] < warmup_steps
-        ):
+        if boundaries != sorted(boundaries) or (boundaries and boundaries[0] < warmup_steps):
             raise ValueError(
                 "`boundaries` must be increasing and not before the end of "
                 f"warmup. Received: boundaries={boundaries}, "
@@ -155,17 +156,15 @@ class WarmupPiecewiseConstant(keras.optimizers.schedules.LearningRateSchedule):
         self.initial_learning_rate = float(initial_learning_rate)
         self.name = name
 
-    def __call__(self, step):
+    def __call__(self, step: Any) -> Any:
         step = ops.cast(step, "float32")
         rate = ops.full((), self.values[0], "float32")
         for boundary, value in zip(self.boundaries, self.values[1:]):
             rate = ops.where(step >= boundary, value, rate)
-        warm = _warmup(
-            step, self.warmup_steps, self.initial_learning_rate, self.values[0]
-        )
+        warm = _warmup(step, self.warmup_steps, self.initial_learning_rate, self.values[0])
         return ops.where(step < self.warmup_steps, warm, rate)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "boundaries": self.boundaries,
             "values": self.values,
@@ -176,12 +175,12 @@ class WarmupPiecewiseConstant(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def warmup_cosine_decay(
-    peak_learning_rate,
-    total_steps,
-    warmup_steps=0,
-    initial_learning_rate=0.0,
-    end_learning_rate=0.0,
-):
+    peak_learning_rate: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    initial_learning_rate: float = 0.0,
+    end_learning_rate: float = 0.0,
+) -> Any:
     """Linear warmup to the peak, then cosine decay to the end rate.
 
     Keras's `CosineDecay` implements exactly this (its `warmup_target` is the
@@ -191,8 +190,7 @@ def warmup_cosine_decay(
     peak = float(peak_learning_rate)
     if peak <= 0:
         raise ValueError(
-            "`peak_learning_rate` must be > 0. "
-            f"Received: peak_learning_rate={peak_learning_rate}"
+            f"`peak_learning_rate` must be > 0. Received: peak_learning_rate={peak_learning_rate}"
         )
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=float(initial_learning_rate),

@@ -56,9 +56,11 @@ def main(argv):
         histories, seconds = run.train()
         stopped = run.preemption.stopped_at
         if stopped is not None:
-            print(f"tf-lars-train: stopped by SIGTERM at step {stopped}; backed up in "
-                  f"{run.backup.backup_dir}: run the same command to resume there",
-                  flush=True)
+            print(
+                f"tf-lars-train: stopped by SIGTERM at step {stopped}; backed up in "
+                f"{run.backup.backup_dir}: run the same command to resume there",
+                flush=True,
+            )
             sys.exit(faults.PREEMPTED_EXIT_CODE)
         run.finish(histories, seconds)
     except engine.op_errors() as e:  # Input and worker faults.

@@ -32,9 +32,8 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
-
 import tensorflow as tf
+from absl import app, flags
 
 from tf_lars.data import pipeline, preprocessing, schema, writer
 
@@ -51,9 +50,13 @@ flags.DEFINE_integer("image_size", 224, "Output image size.")
 flags.DEFINE_integer("channels", 3, "Channels to decode.")
 flags.DEFINE_integer("num_classes", 1000, "Labels must be below this.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_integer("shuffle_buffer", None, "Records in the pipeline's shuffle buffer (default: "
-                     "the trainer's 10,000 for sets of --max_images or more, else scaled to "
-                     "the set's size as 10,000 is to ImageNet's 1,281,167 images).")
+flags.DEFINE_integer(
+    "shuffle_buffer",
+    None,
+    "Records in the pipeline's shuffle buffer (default: "
+    "the trainer's 10,000 for sets of --max_images or more, else scaled to "
+    "the set's size as 10,000 is to ImageNet's 1,281,167 images).",
+)
 flags.DEFINE_integer("max_images", 4000, "JPEGs held in memory for the bare decode.")
 flags.DEFINE_float("seconds", 10.0, "Time each measurement for about this long.")
 flags.DEFINE_integer("repeats", 3, "Rounds of measurements (medians are reported).")
@@ -97,9 +100,13 @@ def measure():
     data_dir = FLAGS.data_dir
     if FLAGS.synthetic_dir:
         _, failures, _ = writer.build_shards(
-            FLAGS.synthetic_dir, "train", list(range(FLAGS.synthetic_images)), 8,
+            FLAGS.synthetic_dir,
+            "train",
+            list(range(FLAGS.synthetic_images)),
+            8,
             functools.partial(synthetic_photo, grain=FLAGS.synthetic_grain),
-            processes=os.cpu_count() or 1)
+            processes=os.cpu_count() or 1,
+        )
         if failures:
             raise app.UsageError(f"synthetic photos failed: {failures[0]}")
         data_dir = FLAGS.synthetic_dir
@@ -107,42 +114,67 @@ def measure():
         raise app.UsageError("pass --data_dir (shards) or --synthetic_dir")
     files = pipeline.list_files(data_dir, "train", FLAGS.data_format)
     fmt = schema.get(FLAGS.data_format)
-    jpegs = (tf.data.TFRecordDataset(files).take(FLAGS.max_images)
-             .map(lambda r: schema.parse(r, fmt)[0]))
+    jpegs = (
+        tf.data.TFRecordDataset(files)
+        .take(FLAGS.max_images)
+        .map(lambda r: schema.parse(r, fmt)[0])
+    )
     jpegs = list(jpegs.as_numpy_iterator())
     if not jpegs:
         raise app.UsageError(f"no records in the train shards of {data_dir}")
     jpegs = tf.constant(jpegs)
     shuffle_buffer = FLAGS.shuffle_buffer
     if shuffle_buffer is None:
-        shuffle_buffer = (IMAGENET_BUFFER if len(jpegs) >= FLAGS.max_images else
-                          max(16, round(len(jpegs) * IMAGENET_BUFFER / IMAGENET_IMAGES)))
+        shuffle_buffer = (
+            IMAGENET_BUFFER
+            if len(jpegs) >= FLAGS.max_images
+            else max(16, round(len(jpegs) * IMAGENET_BUFFER / IMAGENET_IMAGES))
+        )
     cores = os.cpu_count() or 1
 
     def in_memory(fn):
         """`fn` on each of the JPEGs in memory, by a parallel map, batched."""
-        return (tf.data.Dataset.from_tensor_slices(jpegs).repeat()
-                .map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-                .batch(FLAGS.batch_size).prefetch(tf.data.AUTOTUNE))
+        return (
+            tf.data.Dataset.from_tensor_slices(jpegs)
+            .repeat()
+            .map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+            .batch(FLAGS.batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
 
     bare = in_memory(lambda j: tf.shape(tf.io.decode_jpeg(j, channels=FLAGS.channels)))
 
     # The per-image work alone (uint8), on the JPEGs in memory: what is left
     # of the ceiling once crop, resize and flip are paid for, before reading.
     no_boxes = tf.zeros([1, 0, 4], tf.float32)
-    work = in_memory(lambda j: preprocessing.train_image(
-        j, no_boxes, FLAGS.image_size, recipe, FLAGS.channels, tf.uint8))
+    work = in_memory(
+        lambda j: preprocessing.train_image(
+            j, no_boxes, FLAGS.image_size, recipe, FLAGS.channels, tf.uint8
+        )
+    )
 
     def train(dtype):
         spec = pipeline.InputSpec(
-            data_dir, "train", training=True, image_size=FLAGS.image_size,
-            data_format=FLAGS.data_format, preset=FLAGS.preset, channels=FLAGS.channels,
-            dtype=dtype, num_classes=FLAGS.num_classes, shuffle_buffer=shuffle_buffer)
+            data_dir,
+            "train",
+            training=True,
+            image_size=FLAGS.image_size,
+            data_format=FLAGS.data_format,
+            preset=FLAGS.preset,
+            channels=FLAGS.channels,
+            dtype=dtype,
+            num_classes=FLAGS.num_classes,
+            shuffle_buffer=shuffle_buffer,
+        )
         return pipeline.make_dataset(spec, FLAGS.batch_size)
 
     # One pipeline runs at a time: each measurement has its own iterator.
-    makers = {"bare": lambda: bare, "work": lambda: work,
-              "float32": lambda: train("float32"), "uint8": lambda: train("uint8")}
+    makers = {
+        "bare": lambda: bare,
+        "work": lambda: work,
+        "float32": lambda: train("float32"),
+        "uint8": lambda: train("uint8"),
+    }
     rounds = {name: [] for name in makers}
     for _ in range(FLAGS.repeats):
         for name, make in makers.items():
@@ -153,18 +185,24 @@ def measure():
 
     height, width = tf.io.extract_jpeg_shape(jpegs[0]).numpy()[:2]
     kilobytes = float(tf.reduce_mean(tf.strings.length(jpegs))) / 1e3
-    print(f"shards: {data_dir} ({len(files)} files, first image {height}x{width}, "
-          f"mean JPEG {kilobytes:.0f} KB); "
-          f"{cores} cores; preset {FLAGS.preset}, {FLAGS.image_size} px, "
-          f"batch {FLAGS.batch_size}, shuffle buffer {shuffle_buffer}; medians of "
-          f"{FLAGS.repeats} rounds of {FLAGS.seconds:g} s")
+    print(
+        f"shards: {data_dir} ({len(files)} files, first image {height}x{width}, "
+        f"mean JPEG {kilobytes:.0f} KB); "
+        f"{cores} cores; preset {FLAGS.preset}, {FLAGS.image_size} px, "
+        f"batch {FLAGS.batch_size}, shuffle buffer {shuffle_buffer}; medians of "
+        f"{FLAGS.repeats} rounds of {FLAGS.seconds:g} s"
+    )
     print("| measurement | images/s | images/s per core |")
     print("|---|---|---|")
     print(f"| bare JPEG decode (in memory) | {bare_rate:.0f} | {bare_rate / cores:.0f} |")
-    print(f"| crop-decode, resize, flip alone (uint8, in memory, no boxes) | {work_rate:.0f} "
-          f"| {work_rate / cores:.0f} |")
-    what = {"float32": "float32, normalized on the host",
-            "uint8": "uint8, normalized in the model"}
+    print(
+        f"| crop-decode, resize, flip alone (uint8, in memory, no boxes) | {work_rate:.0f} "
+        f"| {work_rate / cores:.0f} |"
+    )
+    what = {
+        "float32": "float32, normalized on the host",
+        "uint8": "uint8, normalized in the model",
+    }
     for dtype, value in train_rates.items():
         print(f"| training pipeline ({what[dtype]}) | {value:.0f} | {value / cores:.0f} |")
     for dtype, value in train_rates.items():

@@ -23,9 +23,9 @@ import os
 import statistics
 import time
 
+import keras
 import numpy as np
 
-import keras
 import tf_lars
 
 BACKEND = keras.backend.backend()
@@ -47,8 +47,9 @@ def parse():
     p.add_argument("--steps", type=positive, default=10, help="steps per timed fit")
     p.add_argument("--repeats", type=positive, default=5)
     p.add_argument("--update_repeats", type=positive, default=50)
-    p.add_argument("--policy", default="float32",
-                   choices=["float32", "mixed_float16", "mixed_bfloat16"])
+    p.add_argument(
+        "--policy", default="float32", choices=["float32", "mixed_float16", "mixed_bfloat16"]
+    )
     p.add_argument("--jit_compile", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--out", default=None)
     return p.parse_args()
@@ -59,11 +60,20 @@ def build(args, optimizer):
     keras.config.set_dtype_policy(args.policy)
     channels = args.channels or (1 if args.image_size <= 32 else 3)
     classes = 10 if args.image_size <= 32 else 1000
-    model = tf_lars.models.build(args.model, num_classes=classes, image_size=args.image_size,
-                                 channels=channels, input_dtype="uint8",
-                                 mean=(127.0,), std=(64.0,))
-    model.compile(optimizer=optimizer, jit_compile=args.jit_compile,
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    model = tf_lars.models.build(
+        args.model,
+        num_classes=classes,
+        image_size=args.image_size,
+        channels=channels,
+        input_dtype="uint8",
+        mean=(127.0,),
+        std=(64.0,),
+    )
+    model.compile(
+        optimizer=optimizer,
+        jit_compile=args.jit_compile,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
     return model, channels, classes
 
 
@@ -84,7 +94,7 @@ def time_fits(args):
     y = keras.utils.to_categorical(rng.integers(0, classes, n), classes).astype(np.float32)
     data = fit_data(x, y, args.batch_size)
     times = {name: [] for name in models}
-    for name, (model, _, _) in models.items():  # compile and warm up
+    for model, _, _ in models.values():  # compile and warm up
         model.fit(**data, epochs=1, verbose=0, shuffle=False)
     for _ in range(args.repeats):
         for name, (model, _, _) in models.items():
@@ -120,8 +130,10 @@ def update_timer(model, optimizer):
     """A compiled `apply` of fixed gradients to the model's variables."""
     variables = model.trainable_variables
     rng = np.random.default_rng(1)
-    grads = [keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype("float32") * 1e-3)
-             for v in variables]
+    grads = [
+        keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype("float32") * 1e-3)
+        for v in variables
+    ]
     optimizer.build(variables)
     if BACKEND == "jax":
         import jax
@@ -139,12 +151,14 @@ def update_timer(model, optimizer):
 
         # Compiled as `fit` compiles its steps (Keras resolves "auto" to no
         # XLA on CPUs, where XLA's reductions are slower).
-        step = tf.function(lambda: optimizer.apply(grads, variables),
-                           jit_compile=bool(model.jit_compile))
+        step = tf.function(
+            lambda: optimizer.apply(grads, variables), jit_compile=bool(model.jit_compile)
+        )
 
         def run():
             step()
             optimizer.iterations.numpy()  # wait for the update
+
     return run
 
 
@@ -171,8 +185,9 @@ def stream_bandwidth(n=64 * 2**20, short=2, long=22):
         import jax.numpy as jnp
 
         a = jnp.ones((n,), jnp.float32)
-        copies = jax.jit(lambda v, k: jax.lax.fori_loop(0, k, lambda i, x: x + 1.0, v),
-                         static_argnums=1)
+        copies = jax.jit(
+            lambda v, k: jax.lax.fori_loop(0, k, lambda i, x: x + 1.0, v), static_argnums=1
+        )
         timed = {k: (lambda k=k: copies(a, k).block_until_ready()) for k in (short, long)}
     elif BACKEND == "tensorflow":
         import tensorflow as tf
@@ -182,15 +197,16 @@ def stream_bandwidth(n=64 * 2**20, short=2, long=22):
         def loop(k):
             body = lambda i, x: (i + 1, x + 1.0)  # noqa: E731
             # The sum (the same in both loops) brings one number back.
-            fn = tf.function(lambda: tf.reduce_sum(
-                tf.while_loop(lambda i, x: i < k, body, (0, a))[1]), jit_compile=True)
+            fn = tf.function(
+                lambda: tf.reduce_sum(tf.while_loop(lambda i, x: i < k, body, (0, a))[1]),
+                jit_compile=True,
+            )
             return lambda: fn().numpy()
 
         timed = {k: loop(k) for k in (short, long)}
     else:
         a = np.ones(n, np.float32)
-        timed = {k: (lambda k=k: [np.add(a, 1.0, out=a) for _ in range(k)])
-                 for k in (short, long)}
+        timed = {k: (lambda k=k: [np.add(a, 1.0, out=a) for _ in range(k)]) for k in (short, long)}
     differences = []  # each pair timed back to back, so a change of speed hits both
     for _ in range(8):
         ms = {k: median_ms(run, 1) for k, run in timed.items()}
@@ -206,36 +222,61 @@ def main():
     fit_times, models = time_fits(args)
     fit_ms = {name: statistics.median(t) for name, t in fit_times.items()}
     fit_min_ms = {name: min(t) for name, t in fit_times.items()}
-    update_ms = {name: median_ms(update_timer(m, m.optimizer), args.update_repeats)
-                 for name, (m, _, _) in models.items()}
+    update_ms = {
+        name: median_ms(update_timer(m, m.optimizer), args.update_repeats)
+        for name, (m, _, _) in models.items()
+    }
     variables = models["sgd"][0].trainable_variables
     params = sum(int(np.prod(v.shape)) for v in variables)
     adapted = sum(int(np.prod(v.shape)) for v in variables if len(v.shape) > 1)
     bandwidth = stream_bandwidth()
-    floor = {"sgd": 5 * 4 * params / bandwidth * 1e3,
-             "lars": (5 * 4 * params + 2 * 4 * adapted) / bandwidth * 1e3}
-    result = dict(backend=BACKEND, model=args.model, image_size=args.image_size,
-                  batch_size=args.batch_size, policy=args.policy, params=params,
-                  adapted_tensors=sum(len(v.shape) > 1 for v in variables),
-                  fit_step_ms=fit_ms, fit_step_min_ms=fit_min_ms, fit_step_each_ms=fit_times,
-                  update_ms=update_ms, update_floor_ms=floor,
-                  update_jit_compile=BACKEND == "jax" or bool(models["sgd"][0].jit_compile),
-                  stream_bandwidth_GBps=bandwidth / 1e9, cores=os.cpu_count())
-    print(f"{args.model}, batch {args.batch_size}, {args.image_size} px, {args.policy}, "
-          f"{BACKEND} backend; {params:,} parameters in {len(variables)} tensors "
-          f"({result['adapted_tensors']} adapted by LARS); in-place stream bandwidth "
-          f"{bandwidth / 1e9:.1f} GB/s; XLA {'on' if result['update_jit_compile'] else 'off'}")
+    floor = {
+        "sgd": 5 * 4 * params / bandwidth * 1e3,
+        "lars": (5 * 4 * params + 2 * 4 * adapted) / bandwidth * 1e3,
+    }
+    result = dict(
+        backend=BACKEND,
+        model=args.model,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        policy=args.policy,
+        params=params,
+        adapted_tensors=sum(len(v.shape) > 1 for v in variables),
+        fit_step_ms=fit_ms,
+        fit_step_min_ms=fit_min_ms,
+        fit_step_each_ms=fit_times,
+        update_ms=update_ms,
+        update_floor_ms=floor,
+        update_jit_compile=BACKEND == "jax" or bool(models["sgd"][0].jit_compile),
+        stream_bandwidth_GBps=bandwidth / 1e9,
+        cores=os.cpu_count(),
+    )
+    print(
+        f"{args.model}, batch {args.batch_size}, {args.image_size} px, {args.policy}, "
+        f"{BACKEND} backend; {params:,} parameters in {len(variables)} tensors "
+        f"({result['adapted_tensors']} adapted by LARS); in-place stream bandwidth "
+        f"{bandwidth / 1e9:.1f} GB/s; XLA {'on' if result['update_jit_compile'] else 'off'}"
+    )
     print("| | SGD (momentum 0.9) | tf_lars.LARS | LARS / SGD | LARS - SGD |")
     print("|---|---|---|---|---|")
-    print(f"| training step via fit (ms) | {fit_ms['sgd']:.3f} | {fit_ms['lars']:.3f} | "
-          f"{fit_ms['lars'] / fit_ms['sgd']:.3f} | {fit_ms['lars'] - fit_ms['sgd']:+.3f} |")
-    print(f"| training step, fastest of {args.repeats} (ms) | {fit_min_ms['sgd']:.3f} | "
-          f"{fit_min_ms['lars']:.3f} | {fit_min_ms['lars'] / fit_min_ms['sgd']:.3f} | "
-          f"{fit_min_ms['lars'] - fit_min_ms['sgd']:+.3f} |")
-    print(f"| update alone (ms) | {update_ms['sgd']:.3f} | {update_ms['lars']:.3f} | "
-          f"{update_ms['lars'] / update_ms['sgd']:.3f} | {update_ms['lars'] - update_ms['sgd']:+.3f} |")
-    print(f"| update's memory floor (ms) | {floor['sgd']:.3f} | {floor['lars']:.3f} | "
-          f"{floor['lars'] / floor['sgd']:.3f} | {floor['lars'] - floor['sgd']:+.3f} |")
+    print(
+        f"| training step via fit (ms) | {fit_ms['sgd']:.3f} | {fit_ms['lars']:.3f} | "
+        f"{fit_ms['lars'] / fit_ms['sgd']:.3f} | {fit_ms['lars'] - fit_ms['sgd']:+.3f} |"
+    )
+    print(
+        f"| training step, fastest of {args.repeats} (ms) | {fit_min_ms['sgd']:.3f} | "
+        f"{fit_min_ms['lars']:.3f} | {fit_min_ms['lars'] / fit_min_ms['sgd']:.3f} | "
+        f"{fit_min_ms['lars'] - fit_min_ms['sgd']:+.3f} |"
+    )
+    print(
+        f"| update alone (ms) | {update_ms['sgd']:.3f} | {update_ms['lars']:.3f} | "
+        f"{update_ms['lars'] / update_ms['sgd']:.3f} | "
+        f"{update_ms['lars'] - update_ms['sgd']:+.3f} |"
+    )
+    print(
+        f"| update's memory floor (ms) | {floor['sgd']:.3f} | {floor['lars']:.3f} | "
+        f"{floor['lars'] / floor['sgd']:.3f} | {floor['lars'] - floor['sgd']:+.3f} |"
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

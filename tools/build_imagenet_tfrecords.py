@@ -24,9 +24,8 @@ import random
 import sys
 import xml.etree.ElementTree as ElementTree
 
-from absl import app, flags, logging
-
 import tensorflow as tf
+from absl import app, flags, logging
 
 from tf_lars.data import schema, writer
 
@@ -53,8 +52,8 @@ def read_boxes(xml_path):
     boxes = []
     for box in root.iter("bndbox"):
         x0, y0, x1, y1 = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        x0, x1 = sorted((min(max(x / width, 0.0), 1.0) for x in (x0, x1)))
-        y0, y1 = sorted((min(max(y / height, 0.0), 1.0) for y in (y0, y1)))
+        x0, x1 = sorted(min(max(x / width, 0.0), 1.0) for x in (x0, x1))
+        y0, y1 = sorted(min(max(y / height, 0.0), 1.0) for y in (y0, y1))
         if x1 > x0 and y1 > y0:
             boxes.append((x0, y0, x1, y1))
     return boxes
@@ -77,14 +76,21 @@ def encode(item):
     with tf.io.gfile.GFile(path, "rb") as f:
         jpeg, height, width = rgb_jpeg(f.read())
     boxes = read_boxes(xml_path) if xml_path else []
-    return schema.imagenet_example(jpeg, label, height, width, 3,
-                                   filename=os.path.basename(path), synset=synset,
-                                   text=text, boxes=boxes)
+    return schema.imagenet_example(
+        jpeg,
+        label,
+        height,
+        width,
+        3,
+        filename=os.path.basename(path),
+        synset=synset,
+        text=text,
+        boxes=boxes,
+    )
 
 
 def _images(folder):
-    return sorted(f for f in tf.io.gfile.listdir(folder)
-                  if f.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(f for f in tf.io.gfile.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def _box_file(bbox_dir, synset, filename):
@@ -103,8 +109,10 @@ def read_validation_labels(path, filenames):
         lines = [line.split() for line in f if line.strip()]
     if all(len(parts) == 1 for parts in lines):
         if len(lines) != len(filenames):
-            raise ValueError(f"{path}: {len(lines)} labels for {len(filenames)} "
-                             "validation images (one synset a line, sorted file order)")
+            raise ValueError(
+                f"{path}: {len(lines)} labels for {len(filenames)} "
+                "validation images (one synset a line, sorted file order)"
+            )
         return {f: parts[0] for f, parts in zip(filenames, lines)}
     return {parts[0]: parts[1] for parts in lines if len(parts) >= 2}
 
@@ -118,28 +126,52 @@ def list_items(folder, synsets, texts, bbox_dir, flat_labels=None):
         synset_of = read_validation_labels(flat_labels, names)
         pairs = [(os.path.join(folder, n), synset_of.get(n)) for n in names]
     else:
-        pairs = [(os.path.join(folder, s, n), s) for s in synsets
-                 if tf.io.gfile.isdir(os.path.join(folder, s))
-                 for n in _images(os.path.join(folder, s))]
+        pairs = [
+            (os.path.join(folder, s, n), s)
+            for s in synsets
+            if tf.io.gfile.isdir(os.path.join(folder, s))
+            for n in _images(os.path.join(folder, s))
+        ]
     for path, synset in pairs:
         if synset not in label_of:
-            raise ValueError(f"{path}: synset {synset!r} is not among the "
-                             f"{len(synsets)} training synsets")
-        items.append((path, label_of[synset], synset, texts.get(synset, ""),
-                      _box_file(bbox_dir, synset, os.path.basename(path))))
+            raise ValueError(
+                f"{path}: synset {synset!r} is not among the {len(synsets)} training synsets"
+            )
+        items.append(
+            (
+                path,
+                label_of[synset],
+                synset,
+                texts.get(synset, ""),
+                _box_file(bbox_dir, synset, os.path.basename(path)),
+            )
+        )
     return items
 
 
-def build(output_dir, train_dir=None, validation_dir=None, validation_labels=None,
-          bbox_dir=None, synset_words=None, train_shards=1024,
-          validation_shards=128, processes=1, seed=12345, progress=True):
+def build(
+    output_dir,
+    train_dir=None,
+    validation_dir=None,
+    validation_labels=None,
+    bbox_dir=None,
+    synset_words=None,
+    train_shards=1024,
+    validation_shards=128,
+    processes=1,
+    seed=12345,
+    progress=True,
+):
     """Writes the splits given; returns `(written per split, failures)`."""
     if not train_dir:
         raise ValueError("--train_dir is needed: its subfolders name the synsets")
     if not tf.io.gfile.isdir(train_dir):
         raise FileNotFoundError(f"--train_dir {train_dir} is not a folder")
-    synsets = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(train_dir)
-                     if tf.io.gfile.isdir(os.path.join(train_dir, d)))
+    synsets = sorted(
+        d.rstrip("/")
+        for d in tf.io.gfile.listdir(train_dir)
+        if tf.io.gfile.isdir(os.path.join(train_dir, d))
+    )
     texts = {}
     if synset_words:
         with tf.io.gfile.GFile(synset_words) as f:
@@ -156,11 +188,11 @@ def build(output_dir, train_dir=None, validation_dir=None, validation_labels=Non
             random.Random(seed).shuffle(items)
         logging.info("%s: %d images, %d shards", split, len(items), shards)
         count, failed, skipped = writer.build_shards(
-            output_dir, split, items, shards, encode, processes, progress)
+            output_dir, split, items, shards, encode, processes, progress
+        )
         written[split] = count
         failures += [(split, name, error) for name, error in failed]
-        logging.info("%s: %d images written (%d shards were already done)",
-                     split, count, skipped)
+        logging.info("%s: %d images written (%d shards were already done)", split, count, skipped)
     return written, failures
 
 
@@ -168,9 +200,17 @@ def main(argv):
     del argv
     try:
         _, failures = build(
-            FLAGS.output_dir, FLAGS.train_dir, FLAGS.validation_dir,
-            FLAGS.validation_labels, FLAGS.bbox_dir, FLAGS.synset_words,
-            FLAGS.train_shards, FLAGS.validation_shards, FLAGS.processes, FLAGS.seed)
+            FLAGS.output_dir,
+            FLAGS.train_dir,
+            FLAGS.validation_dir,
+            FLAGS.validation_labels,
+            FLAGS.bbox_dir,
+            FLAGS.synset_words,
+            FLAGS.train_shards,
+            FLAGS.validation_shards,
+            FLAGS.processes,
+            FLAGS.seed,
+        )
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"build_imagenet_tfrecords: {e}")
     for split, name, error in failures:

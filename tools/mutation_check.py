@@ -29,89 +29,181 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["tests/test_optimizer.py", "tests/test_schedules.py", "tests/test_arrays.py",
-        "tests/test_keras_conformance.py"]
-DATA = ["tests/test_augmentation.py", "tests/test_data.py", "tests/test_faults.py::"
-        "test_jpegs_that_tensorflow_decodes_are_never_dropped"]
-STREAM = ["tests/test_jax_engine.py::"
-          "test_synthetic_batches_reach_fit_once_each_in_order_and_resume_where_they_stopped"]
-STUDY = ["tests/test_study.py::test_choice_uses_the_held_out_accuracy_and_first_seed_only",
-         "tests/test_study.py::"
-         "test_the_sweep_finishes_each_batch_size_seeds_and_all_before_the_next",
-         "tests/test_study.py::test_differences_are_judged_against_the_seeds_spread"]
+FAST = [
+    "tests/test_optimizer.py",
+    "tests/test_schedules.py",
+    "tests/test_arrays.py",
+    "tests/test_keras_conformance.py",
+]
+DATA = [
+    "tests/test_augmentation.py",
+    "tests/test_data.py",
+    "tests/test_faults.py::test_jpegs_that_tensorflow_decodes_are_never_dropped",
+]
+STREAM = [
+    "tests/test_jax_engine.py::"
+    "test_synthetic_batches_reach_fit_once_each_in_order_and_resume_where_they_stopped"
+]
+STUDY = [
+    "tests/test_study.py::test_choice_uses_the_held_out_accuracy_and_first_seed_only",
+    "tests/test_study.py::test_the_sweep_finishes_each_batch_size_seeds_and_all_before_the_next",
+    "tests/test_study.py::test_differences_are_judged_against_the_seeds_spread",
+]
 
 # (what, file, the code as it is, the bug, the suites that should catch it)
 MUTATIONS = [
-    ("LARS: the rate outside the momentum buffer (PyTorch's convention)",
-     "tf_lars/optimizer.py", "        self.assign(v, momentum * v + step)\n",
-     "        step = step / ops.maximum(learning_rate, 1e-30)\n"
-     "        self.assign(v, momentum * v + step)\n        v = v * learning_rate\n", FAST),
-    ("LARS: the paper's ratio without the decay term",
-     "tf_lars/optimizer.py", "(grad_norm + ops.cast(wd, dtype) * w_norm + eps)",
-     "(grad_norm + eps)", FAST),
-    ("LARS: the paper's form computes the decayed-gradient form",
-     "tf_lars/optimizer.py", "            denominator_norm = grad_norm\n"
-     "            ratio = eta * w_norm / (grad_norm + ops.cast(wd, dtype) * w_norm + eps)",
-     "            denominator_norm = g_norm\n            ratio = eta * w_norm / (g_norm + eps)",
-     FAST),
-    ("LARS: weight decay left out of the step",
-     "tf_lars/optimizer.py", "        step = scaled_lr * g\n", "        step = scaled_lr * grad\n",
-     FAST),
-    ("LARS: Nesterov ignored", "tf_lars/optimizer.py", "        if self.nesterov:\n",
-     "        if False:\n", FAST),
-    ("LARS: no guard for zero norms", "tf_lars/optimizer.py",
-     "        return ops.where(valid, ratio, ops.ones_like(ratio))", "        return ratio", FAST),
-    ("LARS: the rank rule inverted (kernels excluded, biases adapted)",
-     "tf_lars/optimizer.py", "            return len(variable.shape) <= 1",
-     "            return len(variable.shape) > 1", FAST),
-    ("LARS: LARC's clip not applied", "tf_lars/optimizer.py", "        if self.clip_trust_ratio:",
-     "        if False:", FAST),
-    ("LARS: sparse gradients' repeated rows not added up before the norms",
-     "tf_lars/optimizer.py", '    if type(gradient).__name__ == "IndexedSlices":',
-     "    if False:", FAST),
-    ("LARS: every instance named 'lars' (shared variable paths)", "tf_lars/optimizer.py",
-     "        name=None,\n", '        name="lars",\n', FAST),
-    ("Schedule: warmup one step late", "tf_lars/schedules.py",
-     "    fraction = step / ops.maximum(ops.cast(warmup_steps, step.dtype), 1.0)",
-     "    fraction = (step - 1) / ops.maximum(ops.cast(warmup_steps, step.dtype), 1.0)", FAST),
-    ("Schedule: polynomial decay of power 1 whatever the power",
-     "tf_lars/schedules.py", "ops.power(ops.maximum(remaining, 0.0), self.power)",
-     "ops.maximum(remaining, 0.0)", FAST),
-    ("In-memory batches: one order for every epoch", "tf_lars/data/arrays.py",
-     "            self._order = self._rng.permutation(len(self.images))", "            pass",
-     FAST),
-    ("Synthetic stream (JAX engine): it advances with its reads, so Keras's build read "
-     "uses up a batch", "tf_lars/training/inputs.py",
-     "        start = (self.offset + index) * self.global_batch + self.first\n",
-     "        self._reads = getattr(self, '_reads', 0) + 1\n"
-     "        start = (self.offset + self._reads - 1) * self.global_batch + self.first\n",
-     STREAM),
-    ("Augmentation: no flip", "tf_lars/data/preprocessing.py",
-     "    return tf.image.stateless_random_flip_left_right(image, seed=seed + 1)",
-     "    return image", DATA),
-    ("Augmentation: the centre crop in place of the random crop",
-     "tf_lars/data/preprocessing.py",
-     "    window = crop_window(tf.io.extract_jpeg_shape(jpeg), boxes, size, preset, seed)",
-     "    window = _center_crop_window(tf.io.extract_jpeg_shape(jpeg), size, "
-     "preset.eval_crop_padding)", DATA),
-    ("Pipeline: labels up to num_classes let through", "tf_lars/data/pipeline.py",
-     "label_ok = tf.logical_and(label >= 0, label < spec.num_classes)",
-     "label_ok = tf.logical_and(label >= 0, label <= spec.num_classes)", DATA),
-    ("Pipeline: JPEG trailers taken for damage (end marker only in the last 32 bytes)",
-     "tf_lars/data/pipeline.py",
-     "        lambda: _has_end_marker(tf.strings.substr(jpeg, after_start, length))))",
-     "        lambda: False))", DATA),
-    ("Study: trials chosen on the test images (the figure reported)",
-     "tools/study/plan.py",
-     'if key not in best or summary["top1"] > results[best[key]]["top1"]:',
-     'if key not in best or summary["test_top1"] > results[best[key]]["test_top1"]:', STUDY),
-    ("Study: a difference beyond the spread only when the first method is higher",
-     "tools/study/report.py", "    if min(a) > max(b) or min(b) > max(a):",
-     "    if min(a) > max(b):", STUDY),
-    ("Study: the seeds wait for the whole grid (a stopped sweep leaves no row complete)",
-     "tools/study/plan.py",
-     "    for group in by_batch_size(plan):\n        results.update(run_all(group))\n",
-     "    for group in [plan]:\n        results.update(run_all(group))\n", STUDY),
+    (
+        "LARS: the rate outside the momentum buffer (PyTorch's convention)",
+        "tf_lars/optimizer.py",
+        "        self.assign(v, momentum * v + step)\n",
+        "        step = step / ops.maximum(learning_rate, 1e-30)\n"
+        "        self.assign(v, momentum * v + step)\n        v = v * learning_rate\n",
+        FAST,
+    ),
+    (
+        "LARS: the paper's ratio without the decay term",
+        "tf_lars/optimizer.py",
+        "(grad_norm + ops.cast(wd, dtype) * w_norm + eps)",
+        "(grad_norm + eps)",
+        FAST,
+    ),
+    (
+        "LARS: the paper's form computes the decayed-gradient form",
+        "tf_lars/optimizer.py",
+        "            denominator_norm = grad_norm\n"
+        "            ratio = eta * w_norm / (grad_norm + ops.cast(wd, dtype) * w_norm + eps)",
+        "            denominator_norm = g_norm\n            ratio = eta * w_norm / (g_norm + eps)",
+        FAST,
+    ),
+    (
+        "LARS: weight decay left out of the step",
+        "tf_lars/optimizer.py",
+        "        step = scaled_lr * g\n",
+        "        step = scaled_lr * grad\n",
+        FAST,
+    ),
+    (
+        "LARS: Nesterov ignored",
+        "tf_lars/optimizer.py",
+        "        if self.nesterov:\n",
+        "        if False:\n",
+        FAST,
+    ),
+    (
+        "LARS: no guard for zero norms",
+        "tf_lars/optimizer.py",
+        "        return ops.where(valid, ratio, ops.ones_like(ratio))",
+        "        return ratio",
+        FAST,
+    ),
+    (
+        "LARS: the rank rule inverted (kernels excluded, biases adapted)",
+        "tf_lars/optimizer.py",
+        "            return len(variable.shape) <= 1",
+        "            return len(variable.shape) > 1",
+        FAST,
+    ),
+    (
+        "LARS: LARC's clip not applied",
+        "tf_lars/optimizer.py",
+        "        if self.clip_trust_ratio:",
+        "        if False:",
+        FAST,
+    ),
+    (
+        "LARS: sparse gradients' repeated rows not added up before the norms",
+        "tf_lars/optimizer.py",
+        '    if type(gradient).__name__ == "IndexedSlices":',
+        "    if False:",
+        FAST,
+    ),
+    (
+        "LARS: every instance named 'lars' (shared variable paths)",
+        "tf_lars/optimizer.py",
+        "        name=None,\n",
+        '        name="lars",\n',
+        FAST,
+    ),
+    (
+        "Schedule: warmup one step late",
+        "tf_lars/schedules.py",
+        "    fraction = step / ops.maximum(ops.cast(warmup_steps, step.dtype), 1.0)",
+        "    fraction = (step - 1) / ops.maximum(ops.cast(warmup_steps, step.dtype), 1.0)",
+        FAST,
+    ),
+    (
+        "Schedule: polynomial decay of power 1 whatever the power",
+        "tf_lars/schedules.py",
+        "ops.power(ops.maximum(remaining, 0.0), self.power)",
+        "ops.maximum(remaining, 0.0)",
+        FAST,
+    ),
+    (
+        "In-memory batches: one order for every epoch",
+        "tf_lars/data/arrays.py",
+        "            self._order = self._rng.permutation(len(self.images))",
+        "            pass",
+        FAST,
+    ),
+    (
+        "Synthetic stream (JAX engine): it advances with its reads, so Keras's build read "
+        "uses up a batch",
+        "tf_lars/training/inputs.py",
+        "        start = (self.offset + index) * self.global_batch + self.first\n",
+        "        self._reads = getattr(self, '_reads', 0) + 1\n"
+        "        start = (self.offset + self._reads - 1) * self.global_batch + self.first\n",
+        STREAM,
+    ),
+    (
+        "Augmentation: no flip",
+        "tf_lars/data/preprocessing.py",
+        "    return tf.image.stateless_random_flip_left_right(image, seed=seed + 1)",
+        "    return image",
+        DATA,
+    ),
+    (
+        "Augmentation: the centre crop in place of the random crop",
+        "tf_lars/data/preprocessing.py",
+        "    window = crop_window(tf.io.extract_jpeg_shape(jpeg), boxes, size, preset, seed)",
+        "    window = _center_crop_window(tf.io.extract_jpeg_shape(jpeg), size, "
+        "preset.eval_crop_padding)",
+        DATA,
+    ),
+    (
+        "Pipeline: labels up to num_classes let through",
+        "tf_lars/data/pipeline.py",
+        "label_ok = tf.logical_and(label >= 0, label < spec.num_classes)",
+        "label_ok = tf.logical_and(label >= 0, label <= spec.num_classes)",
+        DATA,
+    ),
+    (
+        "Pipeline: JPEG trailers taken for damage (end marker only in the last 32 bytes)",
+        "tf_lars/data/pipeline.py",
+        "            lambda: _has_end_marker(tf.strings.substr(jpeg, after_start, length)),",
+        "            lambda: False,",
+        DATA,
+    ),
+    (
+        "Study: trials chosen on the test images (the figure reported)",
+        "tools/study/plan.py",
+        'if key not in best or summary["top1"] > results[best[key]]["top1"]:',
+        'if key not in best or summary["test_top1"] > results[best[key]]["test_top1"]:',
+        STUDY,
+    ),
+    (
+        "Study: a difference beyond the spread only when the first method is higher",
+        "tools/study/report.py",
+        "    if min(a) > max(b) or min(b) > max(a):",
+        "    if min(a) > max(b):",
+        STUDY,
+    ),
+    (
+        "Study: the seeds wait for the whole grid (a stopped sweep leaves no row complete)",
+        "tools/study/plan.py",
+        "    for group in by_batch_size(plan):\n        results.update(run_all(group))\n",
+        "    for group in [plan]:\n        results.update(run_all(group))\n",
+        STUDY,
+    ),
 ]
 
 
@@ -121,25 +213,40 @@ def run_one(index, mutation, timeout):
     `mutation` None runs every suite on the unchanged copy (it must pass).
     """
     what, path, before, after, suites = mutation or (
-        "none", "tf_lars/__init__.py", "", "", sorted(set(FAST + DATA)))
+        "none",
+        "tf_lars/__init__.py",
+        "",
+        "",
+        sorted(set(FAST + DATA)),
+    )
     with tempfile.TemporaryDirectory(prefix="tf_lars_mutant_") as copy:
         for folder in ("tf_lars", "tests", "flags", "tools"):
-            shutil.copytree(os.path.join(ROOT, folder), os.path.join(copy, folder),
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                os.path.join(ROOT, folder),
+                os.path.join(copy, folder),
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
         for name in ("pytest.ini", "setup.py", "README.md"):
             shutil.copy(os.path.join(ROOT, name), copy)
         target = os.path.join(copy, path)
         with open(target) as f:
             source = f.read()
         if mutation and source.count(before) != 1:
-            raise SystemExit(f"mutation_check: error: mutation {index} ({what}) no longer "
-                             f"matches {path}: update it to the code")
+            raise SystemExit(
+                f"mutation_check: error: mutation {index} ({what}) no longer "
+                f"matches {path}: update it to the code"
+            )
         with open(target, "w") as f:
             f.write(source.replace(before, after))
         env = dict(os.environ, PYTHONPATH=copy, TF_CPP_MIN_LOG_LEVEL="3")
-        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
-                                 "no:cacheprovider", *suites], cwd=copy, env=env,
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *suites],
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         return result.returncode not in (0, 5)
 
 
@@ -171,12 +278,17 @@ def main():
     for n in chosen:
         t = time.time()
         killed = run_one(n, MUTATIONS[n - 1], args.timeout)
-        print(f"{n:2d}. {'killed  ' if killed else 'SURVIVED'} {MUTATIONS[n - 1][0]} "
-              f"({time.time() - t:.0f} s)", flush=True)
+        print(
+            f"{n:2d}. {'killed  ' if killed else 'SURVIVED'} {MUTATIONS[n - 1][0]} "
+            f"({time.time() - t:.0f} s)",
+            flush=True,
+        )
         if not killed:
             survived.append(n)
-    print(f"killed {len(chosen) - len(survived)} of {len(chosen)} mutations "
-          f"in {time.time() - start:.0f} s" + (f"; survived: {survived}" if survived else ""))
+    print(
+        f"killed {len(chosen) - len(survived)} of {len(chosen)} mutations "
+        f"in {time.time() - start:.0f} s" + (f"; survived: {survived}" if survived else "")
+    )
     return 1 if survived else 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test of tf_lars: pytest, then the Bazel targets (offline).
+# Runs every check of tf_lars: ruff and mypy, pytest, then the Bazel targets (offline).
 # Sets up .venv, .venv-jax and .venv-oldest first (tools/setup_env.sh,
 # tools/setup_jax_only.sh, tools/setup_oldest.sh), so it works on a fresh clone. Tests run on
 # TF_LARS_TEST_JOBS processes (default: one per core; pytest-xdist).
@@ -10,6 +10,11 @@ TF_LARS_WITH_BAZEL=1 bash tools/setup_env.sh
 bash tools/setup_jax_only.sh & jax_only=$!
 [ "${TF_LARS_SKIP_OLDEST:-0}" = 1 ] || bash tools/setup_oldest.sh
 wait "$jax_only"
+
+echo "== ruff (lint and format) and mypy (the public API's types)"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 
 .venv/bin/python -m pytest -q --durations=15 -n "${TF_LARS_TEST_JOBS:-$(nproc)}" --dist=worksteal "$@"
 

@@ -8,9 +8,8 @@ training augmentation on the device with Keras's preprocessing layers.
 
 import math
 
-import numpy as np
-
 import keras
+import numpy as np
 
 
 class Batches(keras.utils.PyDataset):
@@ -26,8 +25,9 @@ class Batches(keras.utils.PyDataset):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if training and batch_size > len(images):
-            raise ValueError(f"batch_size={batch_size} is larger than the "
-                             f"{len(images)} training images")
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the {len(images)} training images"
+            )
         self.images = images if images.ndim == 4 else images[..., None]
         self.labels = np.asarray(labels)
         self.batch_size, self.training = batch_size, training
@@ -41,7 +41,7 @@ class Batches(keras.utils.PyDataset):
         return n // self.batch_size if self.training else math.ceil(n / self.batch_size)
 
     def __getitem__(self, index):
-        chosen = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        chosen = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         return self.images[chosen], self.one_hot[self.labels[chosen]]
 
     def on_epoch_end(self):

@@ -18,10 +18,12 @@ class SplitCounts:
         self.split = split
         with tf.init_scope(), tf.device("CPU:0"):
             self.usable = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self.counts = {k: tf.Variable(0, dtype=tf.int64, trainable=False)
-                           for k in BadRecords.KINDS}
-            self.shards = {k: tf.Variable("", dtype=tf.string, trainable=False)
-                           for k in BadRecords.KINDS}
+            self.counts = {
+                k: tf.Variable(0, dtype=tf.int64, trainable=False) for k in BadRecords.KINDS
+            }
+            self.shards = {
+                k: tf.Variable("", dtype=tf.string, trainable=False) for k in BadRecords.KINDS
+            }
 
     def count(self, kind, flag, shard):
         """Counts `flag` (a bool) as `kind`; returns the kind's new count."""
@@ -44,10 +46,16 @@ class BadRecords:
     """
 
     KINDS = ("damaged_shards", "bad_images", "bad_labels")
-    WORDS = {"damaged_shards": "damaged shards", "bad_images": "records without a whole JPEG",
-             "bad_labels": "records with labels out of range"}
-    WORD = {"damaged_shards": "damaged shard", "bad_images": "record without a whole JPEG",
-            "bad_labels": "record with a label out of range"}
+    WORDS = {
+        "damaged_shards": "damaged shards",
+        "bad_images": "records without a whole JPEG",
+        "bad_labels": "records with labels out of range",
+    }
+    WORD = {
+        "damaged_shards": "damaged shard",
+        "bad_images": "record without a whole JPEG",
+        "bad_labels": "record with a label out of range",
+    }
 
     def __init__(self):
         self.splits = {}
@@ -66,8 +74,11 @@ class BadRecords:
         """E.g. '3 records with labels out of range (last in train-00002-of-00004)'."""
         counts = self.splits[split]
         shards = counts.last_shards()
-        return "; ".join(f"{self.say(k, n)} (last in {os.path.basename(shards[k])})"
-                         for k, n in counts.result().items() if n)
+        return "; ".join(
+            f"{self.say(k, n)} (last in {os.path.basename(shards[k])})"
+            for k, n in counts.result().items()
+            if n
+        )
 
     @classmethod
     def say(cls, kind, n):

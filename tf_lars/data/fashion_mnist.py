@@ -7,6 +7,7 @@ works too (`TF_LARS_FASHION_MNIST` or an explicit `data_dir`).
 
 import gzip
 import os
+from typing import Any
 
 import numpy as np
 
@@ -17,8 +18,16 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 HOW_TO_GET = (
     "install Debian's package (apt-get install dataset-fashion-mnist), or "
@@ -26,8 +35,14 @@ HOW_TO_GET = (
     "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in a folder "
     f"and pass it (or set {ENV_VAR})"
 )
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4",
-           0x0D: ">f4", 0x0E: ">f8"}
+_DTYPES: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path):
@@ -43,8 +58,7 @@ def read_idx(path):
     expected = 4 + 4 * ndim + int(np.prod(dims)) * dtype.itemsize
     if len(data) != expected:
         raise ValueError(
-            f"{path}: truncated or padded IDX file "
-            f"({len(data)} bytes, expected {expected})"
+            f"{path}: truncated or padded IDX file ({len(data)} bytes, expected {expected})"
         )
     return np.frombuffer(data, dtype, offset=4 + 4 * ndim).reshape(dims)
 
@@ -54,8 +68,7 @@ def find_dir(data_dir=None):
     candidates = [data_dir] if data_dir else [os.environ.get(ENV_VAR), DEBIAN_DIR]
     for folder in candidates:
         if folder and all(
-            os.path.exists(os.path.join(folder, f))
-            for pair in FILES.values() for f in pair
+            os.path.exists(os.path.join(folder, f)) for pair in FILES.values() for f in pair
         ):
             return folder
     return None
@@ -87,16 +100,20 @@ def split_holdout(labels, holdout, seed=0):
     """
     classes = np.unique(labels)
     if holdout % len(classes):
-        raise ValueError(f"holdout={holdout} must be a multiple of the "
-                         f"{len(classes)} classes (the same number of each)")
+        raise ValueError(
+            f"holdout={holdout} must be a multiple of the "
+            f"{len(classes)} classes (the same number of each)"
+        )
     per_class = holdout // len(classes)
     rng = np.random.default_rng(seed)
     held = []
     for c in classes:
         members = np.flatnonzero(labels == c)
         if per_class > len(members):
-            raise ValueError(f"holdout={holdout} needs {per_class} images of each "
-                             f"class; class {c} has {len(members)}")
+            raise ValueError(
+                f"holdout={holdout} needs {per_class} images of each "
+                f"class; class {c} has {len(members)}"
+            )
         held.append(rng.choice(members, per_class, replace=False))
-    held = np.sort(np.concatenate(held))
-    return np.setdiff1d(np.arange(len(labels)), held), held
+    held_sorted = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(labels)), held_sorted), held_sorted

@@ -38,7 +38,8 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
-from tf_lars.data import preprocessing, schema as schemas
+from tf_lars.data import preprocessing
+from tf_lars.data import schema as schemas
 from tf_lars.data.counts import BadRecords
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -55,7 +56,13 @@ _TAG_LABEL = "tf_lars: label out of range"
 _TAG_UNUSABLE = "tf_lars: no usable record"
 
 
-def explain(error, data_dir=None, num_classes=None, label_offset=None, bad_records=None):
+def explain(
+    error: BaseException,
+    data_dir: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    label_offset: Optional[int] = None,
+    bad_records: Optional[BadRecords] = None,
+) -> Optional[str]:
     """One line for a pipeline assertion in `error` (an exception), or None.
 
     The flags that change the outcome are named as the trainer spells them.
@@ -69,28 +76,37 @@ def explain(error, data_dir=None, num_classes=None, label_offset=None, bad_recor
     else:
         return None
     if tag == _TAG_DAMAGED:
-        return (f"--strict_data: shard {values[0]} is truncated or corrupt: re-create it, "
-                "or run without --strict_data to keep the records before the damage")
+        return (
+            f"--strict_data: shard {values[0]} is truncated or corrupt: re-create it, "
+            "or run without --strict_data to keep the records before the damage"
+        )
     if tag == _TAG_IMAGE:
-        return (f"--strict_data: a record of shard {values[0]} holds no whole JPEG: "
-                "re-create the shard, or run without --strict_data to skip such records")
+        return (
+            f"--strict_data: a record of shard {values[0]} holds no whole JPEG: "
+            "re-create the shard, or run without --strict_data to skip such records"
+        )
     if tag == _TAG_LABEL:
         stored, classes, offset, shard = values
-        return (f"--strict_data: a record of shard {shard} stores label {stored}, outside "
-                f"{offset}..{int(classes) - 1 + int(offset)} (--num_classes={classes}, "
-                f"--label_offset={offset}): check those two flags, or run without "
-                "--strict_data to skip such records")
+        return (
+            f"--strict_data: a record of shard {shard} stores label {stored}, outside "
+            f"{offset}..{int(classes) - 1 + int(offset)} (--num_classes={classes}, "
+            f"--label_offset={offset}): check those two flags, or run without "
+            "--strict_data to skip such records"
+        )
     split, read, stored = values
+    num_classes, label_offset = num_classes or 0, label_offset or 0
     counts = bad_records.describe(split) if bad_records and split in bad_records.splits else ""
     where = f" of {data_dir}" if data_dir else ""
-    return (f"split {split!r}{where} has no usable record in the first {read} read "
-            f"({counts or 'all dropped'}; last label stored: {stored}); labels must lie in "
-            f"{label_offset}..{num_classes - 1 + label_offset} (--num_classes={num_classes}, "
-            f"--label_offset={label_offset}): check those two flags and the split "
-            "(TFDS's test split stores no labels, only -1)")
+    return (
+        f"split {split!r}{where} has no usable record in the first {read} read "
+        f"({counts or 'all dropped'}; last label stored: {stored}); labels must lie in "
+        f"{label_offset}..{num_classes - 1 + label_offset} (--num_classes={num_classes}, "
+        f"--label_offset={label_offset}): check those two flags and the split "
+        "(TFDS's test split stores no labels, only -1)"
+    )
 
 
-def list_files(data_dir, split, data_format="imagenet"):
+def list_files(data_dir: str, split: str, data_format: str = "imagenet") -> list[str]:
     """Sorted shard paths of `split`; a clear error when there are none.
 
     The shards may sit in `data_dir` itself or in a subfolder named after
@@ -102,7 +118,8 @@ def list_files(data_dir, split, data_format="imagenet"):
         raise FileNotFoundError(
             f"data_dir {data_dir!r} is not a folder: pass the folder that holds "
             f"the {data_format} shards (tools/build_fashion_mnist_tfrecords.py "
-            "and tools/build_imagenet_tfrecords.py make them)")
+            "and tools/build_imagenet_tfrecords.py make them)"
+        )
     name = schema.pattern.format(split=split)
     pattern = os.path.join(data_dir, name)
     for candidate in (pattern, os.path.join(data_dir, split, name)):
@@ -110,28 +127,41 @@ def list_files(data_dir, split, data_format="imagenet"):
         files = sorted(f for f in tf.io.gfile.glob(candidate) if tf.io.gfile.stat(f).length)
         if files:
             return files
-    if data_format != "tfds" and tf.io.gfile.glob(os.path.join(data_dir, "*.tfrecord-*")) + \
-            tf.io.gfile.glob(os.path.join(data_dir, "*", "dataset_info.json")) + \
-            tf.io.gfile.glob(os.path.join(data_dir, "dataset_info.json")):
+    if data_format != "tfds" and tf.io.gfile.glob(
+        os.path.join(data_dir, "*.tfrecord-*")
+    ) + tf.io.gfile.glob(os.path.join(data_dir, "*", "dataset_info.json")) + tf.io.gfile.glob(
+        os.path.join(data_dir, "dataset_info.json")
+    ):
         raise FileNotFoundError(
-            f"{data_dir} holds TFDS shards, not {data_format} ones: use --data_format=tfds")
+            f"{data_dir} holds TFDS shards, not {data_format} ones: use --data_format=tfds"
+        )
     raise FileNotFoundError(
         f"no {split} shards match {pattern} (nor {os.path.join(split, name)} below it): is "
-        f"data_dir right, and is data_format={data_format!r} the format of those shards?")
+        f"data_dir right, and is data_format={data_format!r} the format of those shards?"
+    )
 
 
-def estimate_records(files, sample=100):
+def estimate_records(files: list[str], sample: int = 100) -> Optional[int]:
     """About how many records `files` hold: their bytes over the mean size of
     the first `sample` records of the first file (a few reads, not a pass)."""
-    sizes = [len(r) + RECORD_OVERHEAD for r in
-             tf.data.TFRecordDataset(files[0]).take(sample).ignore_errors().as_numpy_iterator()]
+    sizes = [
+        len(r) + RECORD_OVERHEAD
+        for r in tf.data.TFRecordDataset(files[0]).take(sample).ignore_errors().as_numpy_iterator()
+    ]
     if not sizes:
         return None
     total = sum(tf.io.gfile.stat(f).length for f in files)
     return round(total / (sum(sizes) / len(sizes)))
 
 
-def _read_shard(filename, size, strict, counts, buffer_size=None, chunk=64):
+def _read_shard(
+    filename: Any,
+    size: Any,
+    strict: bool,
+    counts: Any,
+    buffer_size: Optional[int] = None,
+    chunk: int = 64,
+) -> Any:
     """Records of one shard, each with the shard's name.
 
     The bytes read are added up; at the end of the shard they must equal the
@@ -145,16 +175,17 @@ def _read_shard(filename, size, strict, counts, buffer_size=None, chunk=64):
     # count below names the shard instead.
     chunks = records.ignore_errors(log_warning=False).batch(chunk)
     chunks = chunks.map(lambda r: (r, False)).concatenate(
-        tf.data.Dataset.from_tensors((tf.constant([], tf.string), True)))
+        tf.data.Dataset.from_tensors((tf.constant([], tf.string), True))
+    )
 
-    def add_bytes(consumed, element):
+    def add_bytes(consumed: Any, element: Any) -> Any:
         chunk_records, end = element
         consumed += tf.reduce_sum(tf.cast(tf.strings.length(chunk_records), tf.int64))
         consumed += RECORD_OVERHEAD * tf.cast(tf.size(chunk_records), tf.int64)
         damaged = tf.logical_and(end, consumed != size)
         return consumed, (chunk_records, end, damaged)
 
-    def keep(chunk_records, end, damaged):
+    def keep(chunk_records: Any, end: Any, damaged: Any) -> Any:
         if strict:
             tf.debugging.Assert(tf.logical_not(damaged), [_TAG_DAMAGED, filename])
         else:
@@ -162,29 +193,36 @@ def _read_shard(filename, size, strict, counts, buffer_size=None, chunk=64):
         return tf.logical_not(end)
 
     chunks = chunks.scan(tf.constant(0, tf.int64), add_bytes).filter(keep)
-    return chunks.map(lambda chunk_records, end, damaged: (
-        chunk_records, tf.fill(tf.shape(chunk_records), filename))).unbatch()
+    return chunks.map(
+        lambda chunk_records, end, damaged: (
+            chunk_records,
+            tf.fill(tf.shape(chunk_records), filename),
+        )
+    ).unbatch()
 
 
-def _has_end_marker(data):
+def _has_end_marker(data: Any) -> Any:
     """Whether the bytes `data` hold FF D9 anywhere."""
     b = tf.io.decode_raw(data, tf.uint8)
     return tf.reduce_any(tf.logical_and(tf.equal(b[:-1], 0xFF), tf.equal(b[1:], 0xD9)))
 
 
-def _jpeg_is_whole(jpeg):
+def _jpeg_is_whole(jpeg: Any) -> Any:
     """Starts with the start-of-image marker and holds an end-of-image marker
     after it. Most JPEGs end with the marker: only when the last 32 bytes
     lack it (a trailer, or a cut) is the whole file searched."""
     length = tf.strings.length(jpeg)
-    starts = tf.logical_and(length >= 4,
-                            tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8"))
+    starts = tf.logical_and(length >= 4, tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8"))
     after_start = tf.minimum(2, length)
-    near_end = _has_end_marker(
-        tf.strings.substr(jpeg, tf.maximum(length - 32, after_start), 32))
-    return tf.logical_and(starts, tf.cond(
-        near_end, lambda: True,
-        lambda: _has_end_marker(tf.strings.substr(jpeg, after_start, length))))
+    near_end = _has_end_marker(tf.strings.substr(jpeg, tf.maximum(length - 32, after_start), 32))
+    return tf.logical_and(
+        starts,
+        tf.cond(
+            near_end,
+            lambda: True,
+            lambda: _has_end_marker(tf.strings.substr(jpeg, after_start, length)),
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,12 +277,20 @@ class InputSpec:
 
     @property
     def offset(self) -> int:
-        return schemas.get(self.data_format).label_offset if self.label_offset is None \
+        return (
+            schemas.get(self.data_format).label_offset
+            if self.label_offset is None
             else self.label_offset
+        )
 
 
-def make_dataset(spec: InputSpec, global_batch_size: int, input_context: Any = None,
-                 bad_records: Optional[BadRecords] = None, skip: int = 0) -> Any:
+def make_dataset(
+    spec: InputSpec,
+    global_batch_size: int,
+    input_context: Any = None,
+    bad_records: Optional[BadRecords] = None,
+    skip: int = 0,
+) -> Any:
     """A batched `(images, labels)` dataset for one input pipeline, one stage a line.
 
     Args:
@@ -275,7 +321,8 @@ def enough_files(spec: InputSpec, context: Any) -> list[str]:
         raise ValueError(
             f"{len(files)} {spec.split} shards in {spec.data_dir} for "
             f"{context.num_input_pipelines} workers: each worker needs at least "
-            "one; write more shards (the builders' --num_shards)")
+            "one; write more shards (the builders' --num_shards)"
+        )
     return files
 
 
@@ -294,8 +341,11 @@ def read_records(files: Any, spec: InputSpec, counts: Any, cycle: int, remote: b
     buffer_size = REMOTE_READ_BUFFER if remote else None
     return files.interleave(
         lambda f, n: _read_shard(f, n, spec.strict, counts, buffer_size),
-        cycle_length=cycle, block_length=1, num_parallel_calls=AUTOTUNE,
-        deterministic=spec.in_order)
+        cycle_length=cycle,
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=spec.in_order,
+    )
 
 
 def shuffle_and_repeat(ds: Any, spec: InputSpec) -> Any:
@@ -313,11 +363,17 @@ def decode(ds: Any, spec: InputSpec, counts: Any, skip: int = 0) -> Any:
     one = _record_decoder(spec, counts)
     if spec.seed is None:
         ds = ds.skip(skip) if skip else ds
-        return ds.map(lambda record, shard: one(None, record, shard),
-                      num_parallel_calls=AUTOTUNE, deterministic=spec.in_order)
+        return ds.map(
+            lambda record, shard: one(None, record, shard),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=spec.in_order,
+        )
     ds = ds.enumerate().skip(skip) if skip else ds.enumerate()
-    return ds.map(lambda index, element: one(index, *element), num_parallel_calls=AUTOTUNE,
-                  deterministic=True)
+    return ds.map(
+        lambda index, element: one(index, *element),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
 
 
 def _record_decoder(spec: InputSpec, counts: Any) -> Any:
@@ -332,31 +388,36 @@ def _record_decoder(spec: InputSpec, counts: Any) -> Any:
     recipe = preprocessing.get_preset(spec.preset, **(spec.preset_overrides or {}))
     stand_in = tf.io.encode_jpeg(tf.zeros([16, 16, 1], tf.uint8))
 
-    def one(index, record, shard):
-        jpeg, label, boxes = schemas.parse(record, schema, spec.label_offset,
-                                           boxes=spec.training and recipe.use_boxes)
+    def one(index: Any, record: Any, shard: Any) -> Any:
+        jpeg, label, boxes = schemas.parse(
+            record, schema, spec.label_offset, boxes=spec.training and recipe.use_boxes
+        )
         ok = _check(jpeg, label, shard, spec, counts)
         jpeg = tf.where(ok, jpeg, stand_in)
         if not spec.training:
-            image = preprocessing.eval_image(jpeg, spec.image_size, recipe, spec.channels,
-                                             spec.dtype)
+            image = preprocessing.eval_image(
+                jpeg, spec.image_size, recipe, spec.channels, spec.dtype
+            )
             return image, label, ok
         seed = None if index is None else tf.stack([tf.cast(spec.seed, tf.int64), index])
-        image = preprocessing.train_image(jpeg, boxes, spec.image_size, recipe, spec.channels,
-                                          spec.dtype, seed)
+        image = preprocessing.train_image(
+            jpeg, boxes, spec.image_size, recipe, spec.channels, spec.dtype, seed
+        )
         return image, label, ok
+
     return one
 
 
-def _check(jpeg, label, shard, spec, counts):
+def _check(jpeg: Any, label: Any, shard: Any, spec: InputSpec, counts: Any) -> Any:
     """Whether a record is usable (a whole JPEG, a label in range), counted;
     under `strict`, an assertion naming the shard."""
     whole = _jpeg_is_whole(jpeg)
     label_ok = tf.logical_and(label >= 0, label < spec.num_classes)
     if spec.strict:
         tf.debugging.Assert(whole, [_TAG_IMAGE, shard])
-        tf.debugging.Assert(label_ok, [_TAG_LABEL, label + spec.offset, spec.num_classes,
-                                       spec.offset, shard])
+        tf.debugging.Assert(
+            label_ok, [_TAG_LABEL, label + spec.offset, spec.num_classes, spec.offset, shard]
+        )
     ok = tf.logical_and(whole, label_ok)
     counts.count("bad_images", tf.logical_not(whole), shard)
     counts.count("bad_labels", tf.logical_and(whole, tf.logical_not(label_ok)), shard)
@@ -368,11 +429,14 @@ def keep_usable(ds: Any, spec: InputSpec, counts: Any) -> Any:
     """Stage 6: usable records only; fails when none came in `max_unusable` read."""
     ds = ds if spec.strict else ds.ignore_errors(log_warning=True)
 
-    def is_ok(image, label, ok):
+    def is_ok(image: Any, label: Any, ok: Any) -> Any:
         dropped = counts.counts["bad_images"] + counts.counts["bad_labels"]
-        tf.debugging.Assert(tf.logical_or(counts.usable > 0, dropped < spec.max_unusable),
-                            [_TAG_UNUSABLE, spec.split, spec.max_unusable, label + spec.offset])
+        tf.debugging.Assert(
+            tf.logical_or(counts.usable > 0, dropped < spec.max_unusable),
+            [_TAG_UNUSABLE, spec.split, spec.max_unusable, label + spec.offset],
+        )
         return ok
+
     return ds.filter(is_ok)
 
 

@@ -18,8 +18,17 @@ decoded), resized, randomly flipped, normalized. Evaluation: a centre crop.
 import tensorflow as tf
 
 from tf_lars.data.presets import (  # noqa: F401  (re-exported)
-    IMAGENET_MEAN, IMAGENET_STD, LEGACY, LEGACY_MEAN, PRESETS, SMALL, TPU, Preset, get_preset)
-from tf_lars.data.presets import per_channel
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LEGACY,
+    LEGACY_MEAN,
+    PRESETS,
+    SMALL,
+    TPU,
+    Preset,
+    get_preset,
+    per_channel,
+)
 
 
 def _resize(image, size, method):
@@ -30,8 +39,9 @@ def _resize(image, size, method):
 def _center_crop_window(shape, size, padding):
     """`[y, x, h, w]` of the centre square: size/(size+padding) of the short side."""
     height, width = shape[0], shape[1]
-    side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32)
-                   * (size / (size + padding)), tf.int32)
+    side = tf.cast(
+        tf.cast(tf.minimum(height, width), tf.float32) * (size / (size + padding)), tf.int32
+    )
     return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
 
 
@@ -58,21 +68,29 @@ def crop_window(shape, boxes, size, preset=TPU, seed=None):
     """
     if not preset.use_boxes:
         boxes = tf.zeros([1, 0, 4], tf.float32)
-    kwargs = dict(bounding_boxes=boxes, min_object_covered=preset.min_object_covered,
-                  aspect_ratio_range=preset.aspect_ratio_range,
-                  area_range=preset.area_range, max_attempts=preset.max_attempts,
-                  use_image_if_no_bounding_boxes=True)
+    kwargs = dict(
+        bounding_boxes=boxes,
+        min_object_covered=preset.min_object_covered,
+        aspect_ratio_range=preset.aspect_ratio_range,
+        area_range=preset.area_range,
+        max_attempts=preset.max_attempts,
+        use_image_if_no_bounding_boxes=True,
+    )
     if seed is None:
         begin, crop_size, _ = tf.image.sample_distorted_bounding_box(shape, **kwargs)
     else:
         begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            shape, seed=seed, **kwargs)
+            shape, seed=seed, **kwargs
+        )
     window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
     if preset.fallback_center_crop:
         # The sampler returns the whole image when every attempt failed.
         failed = tf.reduce_all(tf.equal(crop_size[:2], shape[:2]))
-        window = tf.cond(failed, lambda: _center_crop_window(
-            shape, size, preset.eval_crop_padding), lambda: window)
+        window = tf.cond(
+            failed,
+            lambda: _center_crop_window(shape, size, preset.eval_crop_padding),
+            lambda: window,
+        )
     return window
 
 

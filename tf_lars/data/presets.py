@@ -13,8 +13,10 @@ def per_channel(values, channels, what="mean"):
     """`values` (one, or one per channel) as a list of `channels` values."""
     values = list(values)
     if len(values) not in (1, channels):
-        raise ValueError(f"{what} {tuple(values)} has {len(values)} values for {channels} "
-                         "channels: give one value, or one per channel")
+        raise ValueError(
+            f"{what} {tuple(values)} has {len(values)} values for {channels} "
+            "channels: give one value, or one per channel"
+        )
     return values * (channels // len(values))
 
 
@@ -35,12 +37,35 @@ class Preset:
     std: tuple
 
 
-TPU = Preset(0.1, (3 / 4, 4 / 3), (0.08, 1.0), 10, False, True, "bicubic",
-             32, 0, IMAGENET_MEAN, IMAGENET_STD)
-LEGACY = Preset(0.1, (0.75, 1.33), (0.05, 1.0), 100, True, False, "bilinear",
-                0, 256, LEGACY_MEAN, (1.0, 1.0, 1.0))
-SMALL = Preset(0.1, (3 / 4, 4 / 3), (0.8, 1.0), 10, False, False, "bilinear",
-               0, 0, (127.5,), (127.5,))
+TPU = Preset(
+    0.1,
+    (3 / 4, 4 / 3),
+    (0.08, 1.0),
+    10,
+    False,
+    True,
+    "bicubic",
+    32,
+    0,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)
+LEGACY = Preset(
+    0.1,
+    (0.75, 1.33),
+    (0.05, 1.0),
+    100,
+    True,
+    False,
+    "bilinear",
+    0,
+    256,
+    LEGACY_MEAN,
+    (1.0, 1.0, 1.0),
+)
+SMALL = Preset(
+    0.1, (3 / 4, 4 / 3), (0.8, 1.0), 10, False, False, "bilinear", 0, 0, (127.5,), (127.5,)
+)
 PRESETS = {"tpu": TPU, "legacy": LEGACY, "small": SMALL}
 
 

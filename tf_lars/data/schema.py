@@ -20,18 +20,28 @@ import tensorflow as tf
 IMAGENET_LABEL_OFFSET = 1
 
 Schema = collections.namedtuple(
-    "Schema", "name image_key label_key filename_key has_boxes label_offset pattern")
+    "Schema", "name image_key label_key filename_key has_boxes label_offset pattern"
+)
 
 IMAGENET = Schema(
-    name="imagenet", image_key="image/encoded", label_key="image/class/label",
-    filename_key="image/filename", has_boxes=True,
+    name="imagenet",
+    image_key="image/encoded",
+    label_key="image/class/label",
+    filename_key="image/filename",
+    has_boxes=True,
     label_offset=IMAGENET_LABEL_OFFSET,
-    pattern="{split}-*-of-*")
+    pattern="{split}-*-of-*",
+)
 
 TFDS = Schema(
-    name="tfds", image_key="image", label_key="label", filename_key="file_name",
-    has_boxes=False, label_offset=0,
-    pattern="*-{split}.tfrecord-*")
+    name="tfds",
+    image_key="image",
+    label_key="label",
+    filename_key="file_name",
+    has_boxes=False,
+    label_offset=0,
+    pattern="*-{split}.tfrecord-*",
+)
 
 SCHEMAS = {s.name: s for s in (IMAGENET, TFDS)}
 BOX_KEYS = tuple(f"image/object/bbox/{k}" for k in ("ymin", "xmin", "ymax", "xmax"))
@@ -86,13 +96,15 @@ def _floats(values):
     return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
-def imagenet_example(jpeg, label, height, width, channels=3, filename="",
-                     synset="", text="", boxes=()):
+def imagenet_example(
+    jpeg, label, height, width, channels=3, filename="", synset="", text="", boxes=()
+):
     """One `tf.train.Example` in the ImageNet schema.
 
     `label` is stored as given (1-based for standard shards); `boxes` are
     normalized `(xmin, ymin, xmax, ymax)` tuples.
     """
+
     def enc(s):
         return s.encode() if isinstance(s, str) else s
 

@@ -36,19 +36,26 @@ def resolve(data_dir, name="imagenet2012"):
         if versions:
             folder = os.path.join(root, versions[-1])
             if len(versions) > 1:
-                note = (f"TFDS {name}: reading version {versions[-1]} in {folder} (also there: "
-                        f"{', '.join(versions[:-1])}; pass its folder as --data_dir to choose)")
+                note = (
+                    f"TFDS {name}: reading version {versions[-1]} in {folder} (also there: "
+                    f"{', '.join(versions[:-1])}; pass its folder as --data_dir to choose)"
+                )
     info_path = os.path.join(folder, "dataset_info.json")
     sizes = {}
     if tf.io.gfile.exists(info_path):
         with tf.io.gfile.GFile(info_path) as f:
             info = json.load(f)
-        sizes = {s["name"]: sum(int(n) for n in s.get("shardLengths", []))
-                 for s in info.get("splits", []) if s.get("shardLengths")}
-    if tf.io.gfile.glob(os.path.join(folder, "*.array_record-*")) and not \
-            tf.io.gfile.glob(os.path.join(folder, "*.tfrecord-*")):
+        sizes = {
+            s["name"]: sum(int(n) for n in s.get("shardLengths", []))
+            for s in info.get("splits", [])
+            if s.get("shardLengths")
+        }
+    if tf.io.gfile.glob(os.path.join(folder, "*.array_record-*")) and not tf.io.gfile.glob(
+        os.path.join(folder, "*.tfrecord-*")
+    ):
         raise FileNotFoundError(
             f"{folder} holds TFDS array_record shards, which tf.data cannot read: prepare "
             f"the data set again as TFRecord (tfds.builder('{name}', "
-            "file_format='tfrecord').download_and_prepare())")
+            "file_format='tfrecord').download_and_prepare())"
+        )
     return folder, sizes, note

@@ -7,6 +7,7 @@ encoded are reported at the end instead of stopping the build.
 
 import multiprocessing
 import os
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -24,8 +25,12 @@ def _write_shard(task):
             try:
                 example = encode(item)
             except Exception as e:  # An unreadable image is reported, not fatal.
-                failures.append((str(item[0]) if isinstance(item, tuple) else str(item),
-                                 f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+                failures.append(
+                    (
+                        str(item[0]) if isinstance(item, tuple) else str(item),
+                        f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                    )
+                )
                 continue
             writer.write(example.SerializeToString())
             written += 1
@@ -33,8 +38,7 @@ def _write_shard(task):
     return path, written, failures
 
 
-def build_shards(output_dir, split, items, num_shards, encode, processes=1,
-                 progress=True):
+def build_shards(output_dir, split, items, num_shards, encode, processes=1, progress=True):
     """Writes `items` (already in their final order) as `num_shards` shards.
 
     `encode(item)` returns a `tf.train.Example` (a module-level function, so
@@ -43,8 +47,8 @@ def build_shards(output_dir, split, items, num_shards, encode, processes=1,
     """
     if num_shards < 1 or num_shards > max(1, len(items)):
         raise ValueError(
-            f"num_shards={num_shards} must be between 1 and the number of "
-            f"items ({len(items)})")
+            f"num_shards={num_shards} must be between 1 and the number of items ({len(items)})"
+        )
     tf.io.gfile.makedirs(output_dir)
     bounds = [len(items) * i // num_shards for i in range(num_shards + 1)]
     tasks, skipped = [], 0
@@ -53,9 +57,9 @@ def build_shards(output_dir, split, items, num_shards, encode, processes=1,
         if tf.io.gfile.exists(path):
             skipped += 1  # Finished by an earlier run (written atomically).
             continue
-        tasks.append((path, items[bounds[i]:bounds[i + 1]], encode))
+        tasks.append((path, items[bounds[i] : bounds[i + 1]], encode))
     bar = keras.utils.Progbar(len(tasks), unit_name="shard") if progress and tasks else None
-    written, failures = 0, []
+    written, failures = 0, list[Any]()
     if processes > 1 and len(tasks) > 1:
         # spawn, not fork: TensorFlow's runtime does not survive a fork.
         with multiprocessing.get_context("spawn").Pool(processes) as pool:

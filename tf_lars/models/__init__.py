@@ -1,5 +1,7 @@
 """Image classifiers, by name: `build("resnet50", num_classes=1000, ...)`."""
 
+from typing import Any
+
 from tf_lars.models.alexnet import alexnet_bn
 from tf_lars.models.resnet import resnet50, small_resnet
 
@@ -13,11 +15,12 @@ MODELS = {
 }
 
 
-def build(name, **kwargs):
+def build(name: str, **kwargs: Any) -> Any:
     """Builds model `name` (call it inside `strategy.scope()`)."""
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}: use one of {sorted(MODELS)}")
-    return MODELS[name](**kwargs)
+    builder: Any = MODELS[name]
+    return builder(**kwargs)
 
 
 __all__ = ["MODELS", "build", "alexnet_bn", "resnet50", "small_resnet"]

@@ -5,13 +5,23 @@ Krizhevsky et al.'s five convolutions and three dense layers (96-256-384-
 local response normalization, which is what let LARS train it at batch 32K.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 
 from tf_lars.models import layers as L
 
 
-def alexnet_bn(num_classes=1000, image_size=224, channels=3, input_dtype="float32",
-               dropout=0.5, mean=(0.0,), std=(1.0,)):
+def alexnet_bn(
+    num_classes: int = 1000,
+    image_size: int = 224,
+    channels: int = 3,
+    input_dtype: str = "float32",
+    dropout: float = 0.5,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+) -> Any:
     inputs, x = L.image_input(image_size, channels, input_dtype, mean, std)
     x = L.conv_bn_relu(x, 96, 11, 4, name="conv1")
     x = keras.layers.MaxPooling2D(3, 2, name="pool1")(x)

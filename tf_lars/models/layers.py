@@ -23,8 +23,15 @@ def conv_init():
 
 def conv(filters, kernel, strides=1, name=None):
     """A bias-free convolution (a BatchNorm follows), "same" padding."""
-    return keras.layers.Conv2D(filters, kernel, strides=strides, padding="same",
-                               use_bias=False, kernel_initializer=conv_init(), name=name)
+    return keras.layers.Conv2D(
+        filters,
+        kernel,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=conv_init(),
+        name=name,
+    )
 
 
 @keras.saving.register_keras_serializable(package="tf_lars")
@@ -49,8 +56,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 def batch_norm(name=None, zero_gamma=False):
     return BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
-        gamma_initializer="zeros" if zero_gamma else "ones")
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        name=name,
+        gamma_initializer="zeros" if zero_gamma else "ones",
+    )
 
 
 def conv_bn_relu(x, filters, kernel, strides=1, name=None):
@@ -77,6 +87,7 @@ def image_input(image_size, channels, input_dtype, mean, std, name="image"):
 
 def classifier(x, num_classes, name="logits"):
     """Float32 logits, whatever the compute dtype (stable softmax and loss)."""
-    x = keras.layers.Dense(num_classes, name=name,
-                           kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))(x)
+    x = keras.layers.Dense(
+        num_classes, name=name, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01)
+    )(x)
     return keras.layers.Activation("linear", dtype="float32", name=f"{name}_float32")(x)

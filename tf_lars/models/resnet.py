@@ -12,6 +12,9 @@ parameter-free shortcuts (option A: strided identity, zero-padded channels);
 ResNet-20 (n = 3) has 0.27M parameters.
 """
 
+from collections.abc import Sequence
+from typing import Any, Optional
+
 import keras
 from keras import ops
 
@@ -20,7 +23,7 @@ from tf_lars.models import layers as L
 RESNET50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))
 
 
-def bottleneck(x, filters, strides, zero_init_residual, name):
+def bottleneck(x: Any, filters: int, strides: int, zero_init_residual: bool, name: str) -> Any:
     shortcut = x
     if strides != 1 or x.shape[-1] != 4 * filters:
         shortcut = L.conv(4 * filters, 1, strides, name=f"{name}_proj_conv")(x)
@@ -29,11 +32,20 @@ def bottleneck(x, filters, strides, zero_init_residual, name):
     x = L.conv_bn_relu(x, filters, 3, strides, name=f"{name}_2")  # v1.5: stride here
     x = L.conv(4 * filters, 1, name=f"{name}_3_conv")(x)
     x = L.batch_norm(name=f"{name}_3_bn", zero_gamma=zero_init_residual)(x)
-    return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
+    return keras.layers.ReLU(name=f"{name}_out")(
+        keras.layers.Add(name=f"{name}_add")([x, shortcut])
+    )
 
 
-def resnet50(num_classes=1000, image_size=224, channels=3, input_dtype="float32",
-             zero_init_residual=True, mean=(0.0,), std=(1.0,)):
+def resnet50(
+    num_classes: int = 1000,
+    image_size: int = 224,
+    channels: int = 3,
+    input_dtype: str = "float32",
+    zero_init_residual: bool = True,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+) -> Any:
     """ResNet-50 v1.5; `mean`/`std` normalize uint8 input inside the model."""
     inputs, x = L.image_input(image_size, channels, input_dtype, mean, std)
     x = L.conv_bn_relu(x, 64, 7, 2, name="stem")
@@ -41,8 +53,9 @@ def resnet50(num_classes=1000, image_size=224, channels=3, input_dtype="float32"
     for stage, (filters, blocks) in enumerate(RESNET50_STAGES):
         for block in range(blocks):
             strides = 2 if block == 0 and stage > 0 else 1
-            x = bottleneck(x, filters, strides, zero_init_residual,
-                           name=f"stage{stage + 1}_block{block + 1}")
+            x = bottleneck(
+                x, filters, strides, zero_init_residual, name=f"stage{stage + 1}_block{block + 1}"
+            )
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, L.classifier(x, num_classes), name="resnet50_v1_5")
 
@@ -51,37 +64,52 @@ def resnet50(num_classes=1000, image_size=224, channels=3, input_dtype="float32"
 class PadShortcut(keras.layers.Layer):
     """Option-A shortcut: take every `stride`-th pixel, zero-pad channels."""
 
-    def __init__(self, stride, extra_channels, **kwargs):
+    def __init__(self, stride: int, extra_channels: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.stride, self.extra_channels = stride, extra_channels
 
-    def call(self, x):
-        x = x[:, ::self.stride, ::self.stride, :]
+    def call(self, x: Any) -> Any:
+        x = x[:, :: self.stride, :: self.stride, :]
         half = self.extra_channels // 2
         return ops.pad(x, [[0, 0], [0, 0], [0, 0], [half, self.extra_channels - half]])
 
-    def compute_output_shape(self, shape):
-        def down(n):
+    def compute_output_shape(self, shape: Any) -> Any:
+        def down(n: Optional[int]) -> Optional[int]:
             return None if n is None else -(-n // self.stride)
+
         return (shape[0], down(shape[1]), down(shape[2]), shape[3] + self.extra_channels)
 
-    def get_config(self):
-        return {**super().get_config(), "stride": self.stride,
-                "extra_channels": self.extra_channels}
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "stride": self.stride,
+            "extra_channels": self.extra_channels,
+        }
 
 
-def basic_block(x, filters, strides, zero_init_residual, name):
+def basic_block(x: Any, filters: int, strides: int, zero_init_residual: bool, name: str) -> Any:
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
         shortcut = PadShortcut(strides, filters - x.shape[-1], name=f"{name}_shortcut")(x)
     x = L.conv_bn_relu(x, filters, 3, strides, name=f"{name}_1")
     x = L.conv(filters, 3, name=f"{name}_2_conv")(x)
     x = L.batch_norm(name=f"{name}_2_bn", zero_gamma=zero_init_residual)(x)
-    return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
+    return keras.layers.ReLU(name=f"{name}_out")(
+        keras.layers.Add(name=f"{name}_add")([x, shortcut])
+    )
 
 
-def small_resnet(depth=20, num_classes=10, image_size=32, channels=3, width=1,
-                 input_dtype="float32", zero_init_residual=False, mean=(0.0,), std=(1.0,)):
+def small_resnet(
+    depth: int = 20,
+    num_classes: int = 10,
+    image_size: int = 32,
+    channels: int = 3,
+    width: int = 1,
+    input_dtype: str = "float32",
+    zero_init_residual: bool = False,
+    mean: Sequence[float] = (0.0,),
+    std: Sequence[float] = (1.0,),
+) -> Any:
     """He et al.'s CIFAR ResNet-`depth` (depth = 6n + 2), for 28-32 px images."""
     if (depth - 2) % 6:
         raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110). Received: depth={depth}")
@@ -91,7 +119,12 @@ def small_resnet(depth=20, num_classes=10, image_size=32, channels=3, width=1,
     for stage in range(3):
         for block in range(blocks):
             strides = 2 if block == 0 and stage > 0 else 1
-            x = basic_block(x, 16 * width * 2 ** stage, strides, zero_init_residual,
-                            name=f"stage{stage + 1}_block{block + 1}")
+            x = basic_block(
+                x,
+                16 * width * 2**stage,
+                strides,
+                zero_init_residual,
+                name=f"stage{stage + 1}_block{block + 1}",
+            )
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, L.classifier(x, num_classes), name=f"resnet{depth}")

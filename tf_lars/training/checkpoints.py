@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import time
+from typing import Optional
 
 import keras
 
@@ -52,14 +53,32 @@ def _write_text_atomically(path, text):
         f.write(text)
     gfile.rename(partial, path, overwrite=True)
 
+
 # Flags that say where and how a run executes, not what it trains: a
 # preempted run may resume with other values of these (on other machines, a
 # new data path, more logging). Every other flag must be as it was.
-MAY_CHANGE_ON_RESUME = frozenset({
-    "data_dir", "strategy", "tpu", "collective_communication", "cpu_devices", "model_dir",
-    "scratch_dir", "log_every_steps", "log_trust_ratios", "verbose", "cache_eval",
-    "jit_compile", "steps_per_execution", "deterministic", "backup_every_steps",
-    "coordinator_address", "num_processes", "process_id"})
+MAY_CHANGE_ON_RESUME = frozenset(
+    {
+        "data_dir",
+        "strategy",
+        "tpu",
+        "collective_communication",
+        "cpu_devices",
+        "model_dir",
+        "scratch_dir",
+        "log_every_steps",
+        "log_trust_ratios",
+        "verbose",
+        "cache_eval",
+        "jit_compile",
+        "steps_per_execution",
+        "deterministic",
+        "backup_every_steps",
+        "coordinator_address",
+        "num_processes",
+        "process_id",
+    }
+)
 
 
 def check_resume(model_dir, flag_values):
@@ -84,7 +103,8 @@ def check_resume(model_dir, flag_values):
         raise ValueError(
             f"--model_dir {model_dir} holds a run to resume that was started with "
             f"--{name}={before[name]!r}, not {now[name]!r}: resume it with the same "
-            f"flags, or give a new --model_dir")
+            f"flags, or give a new --model_dir"
+        )
 
 
 def read_backup(backup_dir):
@@ -122,8 +142,11 @@ def keep_backed_up_epochs(history_path, backup_dir, steps_per_epoch):
     resumes_in, _ = resume_position(backup_dir, steps_per_epoch)
     lines = text.splitlines(keepends=True)
     column = next(csv.reader(lines[:1])).index("epoch")
-    kept = [line for row, line in zip(csv.reader(lines[1:]), lines[1:])
-            if row and int(row[column]) < resumes_in]
+    kept = [
+        line
+        for row, line in zip(csv.reader(lines[1:]), lines[1:])
+        if row and int(row[column]) < resumes_in
+    ]
     if len(kept) < len(lines) - 1:
         _write_text_atomically(history_path, "".join(lines[:1] + kept))
 
@@ -147,8 +170,16 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     an epoch's last batch to resume in the next epoch.
     """
 
-    def __init__(self, backup_dir, chief=True, every_steps=0, steps_per_epoch=None,
-                 mirror_dir=None, position=None, **kwargs):
+    def __init__(
+        self,
+        backup_dir,
+        chief=True,
+        every_steps=0,
+        steps_per_epoch=None,
+        mirror_dir=None,
+        position=None,
+        **kwargs,
+    ):
         super().__init__(backup_dir, **kwargs)
         self.chief = chief
         self.position = position
@@ -162,8 +193,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.resumed_at_step = 0  # the optimizer's iteration count when restored
         self._last_saved = None
         self.final = False  # True: the last backup is made (the run stops inside an epoch)
-        self.seconds_before = 0.0  # training seconds of the processes resumed from
-        self._clock = None         # when this process first began to train
+        self.seconds_before: Optional[float] = (
+            0.0  # training seconds of the processes resumed from
+        )
+        self._clock = None  # when this process first began to train
 
     def _steps(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -198,8 +231,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if not self.chief:
             if self.mirror_dir:  # (JAX, several processes: see __init__)
                 os.makedirs(self.mirror_dir, exist_ok=True)
-                self.model.save_weights(os.path.join(self.mirror_dir, "latest.weights.h5"),
-                                        overwrite=True)
+                self.model.save_weights(
+                    os.path.join(self.mirror_dir, "latest.weights.h5"), overwrite=True
+                )
                 self._last_saved = (epoch, batch, step)
             return
         gfile = _gfile()

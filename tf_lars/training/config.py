@@ -96,14 +96,15 @@ class TrainConfig:
 
     def as_flags(self) -> dict[str, Any]:
         """`{flag name: value}`, as `flags.json` records them."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
 
 def from_flags(flag_values: Any) -> TrainConfig:
     """The config of the trainer's flags as parsed in `flag_values` (absl's
     `FlagValues`, holding `flags.define`'s flags)."""
-    values = {}
+    values: dict[str, Any] = {}
     for field in dataclasses.fields(TrainConfig):
         value = flag_values[field.name].value
         values[field.name] = tuple(value) if isinstance(value, list) else value
@@ -128,15 +129,15 @@ class Plan:
     """What follows from a `TrainConfig`, the data's sizes and the replicas
     (`recipe.derive` computes it, giving each value's reason)."""
 
-    steps_per_epoch: int       # whole global batches in the training set
-    total_steps: int           # optimizer steps of the run
-    epochs: int                # epochs `fit` runs (the last may be cut short)
+    steps_per_epoch: int  # whole global batches in the training set
+    total_steps: int  # optimizer steps of the run
+    epochs: int  # epochs `fit` runs (the last may be cut short)
     peak_learning_rate: float  # after the linear scaling rule
     warmup_steps: int
-    eval_batch: int            # global evaluation batch
-    eval_steps: int            # evaluation batches (the split, rounded up)
-    test_steps: int            # batches of --test_split (0: none)
-    precise_bn_steps: int      # training batches PreciseBN pools (0: off)
+    eval_batch: int  # global evaluation batch
+    eval_steps: int  # evaluation batches (the split, rounded up)
+    test_steps: int  # batches of --test_split (0: none)
+    precise_bn_steps: int  # training batches PreciseBN pools (0: off)
     replicas: int
     per_replica_batch: int
 

@@ -45,8 +45,8 @@ class Preemption(keras.callbacks.Callback):
         self.sync_point = sync_point
         self.margin = margin if coordination is not None else 0
         self._calls = 0  # batches ended in this process (the sync point counts them)
-        self.stop_at = None        # the agreed step
-        self.stopped_at = None     # the step backed up when stopping
+        self.stop_at = None  # the agreed step
+        self.stopped_at = None  # the step backed up when stopping
         self._previous = None
 
     def _steps(self):
@@ -98,9 +98,19 @@ class Preemption(keras.callbacks.Callback):
 
 
 _TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
-_PEER_FAULTS = ("unhealthy", "heartbeat", "Socket closed", "failed to connect",
-                "Connection reset", "connection refused", "unavailable", "UNAVAILABLE",
-                "peer", "Collective ops is aborted", "cluster")
+_PEER_FAULTS = (
+    "unhealthy",
+    "heartbeat",
+    "Socket closed",
+    "failed to connect",
+    "Connection reset",
+    "connection refused",
+    "unavailable",
+    "UNAVAILABLE",
+    "peer",
+    "Collective ops is aborted",
+    "cluster",
+)
 
 
 def worker_failure(error, this_task):
@@ -138,9 +148,12 @@ def explain(error, data, engine, bad_records, backup_dir):
     from tf_lars.training import checkpoints
 
     saved = checkpoints.read_backup(backup_dir)
-    where = (f"the last backup is at step {saved['step']} (epoch {saved['epoch'] + 1}"
-             f"{', batch %d' % saved['batch'] if saved.get('batch') else ''})"
-             if saved and "step" in saved else "no backup was made yet")
-    return (f"{lost or 'another ' + engine.peer} stopped answering ({type(error).__name__}); "
-            f"{where} in {backup_dir}: start all {engine.peers} again with the same command "
-            "to resume")
+    where = "no backup was made yet"
+    if saved and "step" in saved:
+        batch = f", batch {saved['batch']}" if saved.get("batch") else ""
+        where = f"the last backup is at step {saved['step']} (epoch {saved['epoch'] + 1}{batch})"
+    return (
+        f"{lost or 'another ' + engine.peer} stopped answering ({type(error).__name__}); "
+        f"{where} in {backup_dir}: start all {engine.peers} again with the same command "
+        "to resume"
+    )

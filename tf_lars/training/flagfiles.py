@@ -10,8 +10,9 @@ relative to the including file, or the short name of a shipped flagfile
 import importlib.resources
 import os
 
-REPO_FLAGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "flags")
+REPO_FLAGS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "flags"
+)
 
 
 def shipped():
@@ -21,7 +22,7 @@ def shipped():
         folders.append(str(importlib.resources.files("tf_lars.flagfiles")))
     except ModuleNotFoundError:
         pass
-    found = {}
+    found: dict[str, str] = {}
     for folder in folders:
         if os.path.isdir(folder):
             for name in sorted(os.listdir(folder)):
@@ -41,8 +42,10 @@ def resolve(name, relative_to=None):
     files = shipped()
     if short in files:
         return files[short]
-    raise ValueError(f"--flagfile={name}: no such file, nor a shipped flagfile "
-                     f"(shipped: {', '.join(sorted(files))})")
+    raise ValueError(
+        f"--flagfile={name}: no such file, nor a shipped flagfile "
+        f"(shipped: {', '.join(sorted(files))})"
+    )
 
 
 def read(path, seen=()):
@@ -70,4 +73,4 @@ def expand(argv):
     try:
         return argv[:1] + [a for arg in argv[1:] for a in expand_one(arg)]
     except (ValueError, OSError) as e:
-        raise SystemExit(f"tf-lars-train: error: {e}")
+        raise SystemExit(f"tf-lars-train: error: {e}") from None

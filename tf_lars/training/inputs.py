@@ -6,7 +6,7 @@ synthetic data runs without it (`SyntheticBatches`).
 
 import dataclasses
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import keras
 import numpy as np
@@ -15,15 +15,39 @@ from tf_lars.data import presets
 from tf_lars.data.presets import per_channel
 
 # Sizes and shapes of each data format, used where a flag is left unset.
-FORMAT_DEFAULTS = {
-    "imagenet": dict(image_size=224, channels=3, num_classes=1000, preset="tpu",
-                     train_examples=1_281_167, eval_examples=50_000),
-    "tfds": dict(image_size=224, channels=3, num_classes=1000, preset="tpu",
-                 train_examples=1_281_167, eval_examples=50_000),
-    "fashion_mnist": dict(image_size=28, channels=1, num_classes=10, preset="small",
-                          train_examples=60_000, eval_examples=10_000),
-    "synthetic": dict(image_size=224, channels=3, num_classes=1000, preset="tpu",
-                      train_examples=1_281_167, eval_examples=50_000),
+FORMAT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "imagenet": dict(
+        image_size=224,
+        channels=3,
+        num_classes=1000,
+        preset="tpu",
+        train_examples=1_281_167,
+        eval_examples=50_000,
+    ),
+    "tfds": dict(
+        image_size=224,
+        channels=3,
+        num_classes=1000,
+        preset="tpu",
+        train_examples=1_281_167,
+        eval_examples=50_000,
+    ),
+    "fashion_mnist": dict(
+        image_size=28,
+        channels=1,
+        num_classes=10,
+        preset="small",
+        train_examples=60_000,
+        eval_examples=10_000,
+    ),
+    "synthetic": dict(
+        image_size=224,
+        channels=3,
+        num_classes=1000,
+        preset="tpu",
+        train_examples=1_281_167,
+        eval_examples=50_000,
+    ),
 }
 
 
@@ -37,11 +61,11 @@ class DataSpec:
     preset: str
     train_examples: int
     eval_examples: int
-    label_offset: int = None
+    label_offset: Optional[int] = None
     strict: bool = False
     cache_eval: bool = False
     shuffle_buffer: int = 10_000
-    seed: int = None
+    seed: Optional[int] = None
 
     @property
     def schema(self):  # Fashion-MNIST shards are written in the ImageNet schema.
@@ -61,7 +85,7 @@ def spec(data_format, data_dir=None, eval_split="validation", **given):
     (the newest version is read), and the split sizes in its
     `dataset_info.json` replace the format's defaults.
     """
-    values = dict(FORMAT_DEFAULTS[data_format])
+    values: dict[str, Any] = dict(FORMAT_DEFAULTS[data_format])
     if data_format != "synthetic" and not data_dir:
         raise ValueError(f"--data_dir is needed for --data_format={data_format}")
     if data_format == "tfds":
@@ -83,18 +107,29 @@ def spec(data_format, data_dir=None, eval_split="validation", **given):
         raise ValueError(
             f"--preset={data.preset} normalizes {len(data.norm[0])} channels, not "
             f"--channels={data.channels}: use --preset=small for 1-channel images, "
-            "or set --channels to the preset's") from None
+            "or set --channels to the preset's"
+        ) from None
     return data
 
 
 def spec_of(cfg: Any) -> DataSpec:
     """The `DataSpec` of a `TrainConfig`."""
     return spec(
-        cfg.data_format, cfg.data_dir, image_size=cfg.image_size, channels=cfg.channels,
-        num_classes=cfg.num_classes, preset=cfg.preset, train_examples=cfg.train_examples,
-        eval_examples=cfg.eval_examples, label_offset=cfg.label_offset, strict=cfg.strict_data,
-        eval_split=cfg.eval_split, cache_eval=cfg.cache_eval,
-        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+        cfg.data_format,
+        cfg.data_dir,
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+        num_classes=cfg.num_classes,
+        preset=cfg.preset,
+        train_examples=cfg.train_examples,
+        eval_examples=cfg.eval_examples,
+        label_offset=cfg.label_offset,
+        strict=cfg.strict_data,
+        eval_split=cfg.eval_split,
+        cache_eval=cfg.cache_eval,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed,
+    )
 
 
 def check_splits(data: DataSpec, cfg: Any) -> None:
@@ -120,10 +155,13 @@ def _check_size(split: str, files: list[str], data: DataSpec, cfg: Any) -> None:
     estimate = pipeline.estimate_records(files)
     if estimate and not estimate / 1.5 <= given <= estimate * 1.5:
         source = "" if getattr(cfg, flag) is not None else f" (the {data.data_format} default)"
-        print(f"tf-lars-train: warning: --{flag}={given}{source}, but the {split} shards hold "
-              f"about {estimate:,} records (estimated from their size): pass --{flag} with "
-              "the split's size, or an epoch and the schedule will not mean what they say",
-              file=sys.stderr, flush=True)
+        print(
+            f"tf-lars-train: warning: --{flag}={given}{source}, but the {split} shards hold "
+            f"about {estimate:,} records (estimated from their size): pass --{flag} with "
+            "the split's size, or an epoch and the schedule will not mean what they say",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _one_hot(num_classes):
@@ -131,6 +169,7 @@ def _one_hot(num_classes):
 
     def convert(images, labels):
         return images, tf.one_hot(labels, num_classes)
+
     return convert
 
 
@@ -156,12 +195,14 @@ def synthetic(data, context, global_batch_size, skip_steps=0):
         return tf.cast(pixels, tf.uint8), tf.cast(i % data.num_classes, tf.int32)
 
     ds = tf.data.Dataset.range(skip_steps * replicas_here, tf.int64.max).flat_map(
-        lambda b: tf.data.Dataset.range(per_replica).map(lambda k: example(b, k)))
+        lambda b: tf.data.Dataset.range(per_replica).map(lambda k: example(b, k))
+    )
     return ds.batch(per_replica, drop_remainder=True)
 
 
-def dataset_fn(data, global_batch_size, training, bad_records=None, split=None,
-               autotune=True, skip_steps=0):
+def dataset_fn(
+    data, global_batch_size, training, bad_records=None, split=None, autotune=True, skip_steps=0
+):
     """A function of `tf.distribute.InputContext`, for
     `strategy.distribute_datasets_from_function`, yielding uint8 images
     (normalized inside the model) and one-hot labels from `split` (default:
@@ -193,14 +234,26 @@ def dataset_fn(data, global_batch_size, training, bad_records=None, split=None,
             seeded = data.seed is not None and training
             skip = skip_steps * global_batch_size // context.num_input_pipelines if seeded else 0
             spec = pipeline.InputSpec(
-                data.data_dir, split, training=training, image_size=data.image_size,
-                data_format=data.schema, preset=data.preset, channels=data.channels,
-                dtype=tf.uint8, num_classes=data.num_classes, label_offset=data.label_offset,
-                shuffle_buffer=data.shuffle_buffer, seed=data.seed, strict=data.strict,
-                cache_eval=data.cache_eval, repeat=True)
+                data.data_dir,
+                split,
+                training=training,
+                image_size=data.image_size,
+                data_format=data.schema,
+                preset=data.preset,
+                channels=data.channels,
+                dtype=tf.uint8,
+                num_classes=data.num_classes,
+                label_offset=data.label_offset,
+                shuffle_buffer=data.shuffle_buffer,
+                seed=data.seed,
+                strict=data.strict,
+                cache_eval=data.cache_eval,
+                repeat=True,
+            )
             ds = pipeline.make_dataset(spec, global_batch_size, context, bad_records, skip)
         ds = ds.map(_one_hot(data.num_classes)).prefetch(tf.data.AUTOTUNE)
         return ds.with_options(options)
+
     return make
 
 
@@ -223,12 +276,14 @@ class SyntheticBatches(keras.utils.PyDataset):
     `steps` batches from the start every time.
     """
 
-    def __init__(self, data, global_batch_size, steps, process_id=0, num_processes=1,
-                 skip_steps=0):
+    def __init__(
+        self, data, global_batch_size, steps, process_id=0, num_processes=1, skip_steps=0
+    ):
         super().__init__()
         if global_batch_size % num_processes:
-            raise ValueError(f"--batch_size={global_batch_size} does not divide among "
-                             f"{num_processes} processes")
+            raise ValueError(
+                f"--batch_size={global_batch_size} does not divide among {num_processes} processes"
+            )
         self.per_process = global_batch_size // num_processes
         self.first = process_id * self.per_process
         self.global_batch, self.steps, self.offset = global_batch_size, steps, skip_steps
@@ -244,6 +299,12 @@ class SyntheticBatches(keras.utils.PyDataset):
             raise IndexError(f"batch {index} of a stream of {self.steps}")
         start = (self.offset + index) * self.global_batch + self.first
         rows = np.arange(start, start + self.per_process)
-        images = np.stack([np.random.default_rng([self.seed, i % 4096]).integers(
-            0, 256, self.shape, dtype=np.uint8) for i in rows])
+        images = np.stack(
+            [
+                np.random.default_rng([self.seed, i % 4096]).integers(
+                    0, 256, self.shape, dtype=np.uint8
+                )
+                for i in rows
+            ]
+        )
         return images, self.one_hot[rows % len(self.one_hot)]

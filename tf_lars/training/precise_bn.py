@@ -17,9 +17,8 @@ each replica's batch counts as one batch, and `predict` gathers them from
 every worker, so all workers write the same values.
 """
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -54,16 +53,23 @@ def batch_norm_layers(model):
     Frozen layers (`trainable=False`) keep their statistics, as in training.
     Only layers of `model`'s own graph are found: a nested model's are not.
     """
-    layers = [layer for layer in model.layers
-              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    layers = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
     for layer in layers:
         if len(layer._inbound_nodes) != 1:
-            raise ValueError(f"PreciseBN: BatchNorm layer {layer.name!r} is called "
-                             f"{len(layer._inbound_nodes)} times; only layers called once "
-                             "are supported")
+            raise ValueError(
+                f"PreciseBN: BatchNorm layer {layer.name!r} is called "
+                f"{len(layer._inbound_nodes)} times; only layers called once "
+                "are supported"
+            )
         if getattr(layer, "renorm", False):  # Keras >= 3.14 has renorm
-            raise ValueError(f"PreciseBN: BatchNorm layer {layer.name!r} uses renorm, "
-                             "which keeps other statistics; it is not supported")
+            raise ValueError(
+                f"PreciseBN: BatchNorm layer {layer.name!r} uses renorm, "
+                "which keeps other statistics; it is not supported"
+            )
     return layers
 
 
@@ -97,8 +103,11 @@ class PreciseBN(keras.callbacks.Callback):
         if not self.layers:
             raise ValueError(f"PreciseBN: model {model.name!r} has no trainable BatchNorm layer")
         self.data, self.steps = data, steps
-        self._statistics = InTrainingMode(keras.Model(
-            model.inputs, [BatchMoments(layer.axis)(layer.input) for layer in self.layers]))
+        self._statistics = InTrainingMode(
+            keras.Model(
+                model.inputs, [BatchMoments(layer.axis)(layer.input) for layer in self.layers]
+            )
+        )
         self._done_at = None
 
     def recompute(self):
@@ -113,8 +122,11 @@ class PreciseBN(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         model = self.model
-        step = (int(ops.convert_to_numpy(model.optimizer.iterations))
-                if model is not None and model.optimizer is not None else None)
+        step = (
+            int(ops.convert_to_numpy(model.optimizer.iterations))
+            if model is not None and model.optimizer is not None
+            else None
+        )
         if step is None or step != self._done_at:
             self.recompute()
             self._done_at = step

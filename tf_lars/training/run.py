@@ -35,7 +35,27 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 class TrainingRun:
-    """A run's parts, built by `prepare`, and its place in training."""
+    """A run's parts, built by `prepare`, and its place in training.
+
+    Attributes:
+        cfg, engine, plan, data: the settings, the engine, what follows from
+            them, the data's spec (`inputs.DataSpec`).
+        model: the compiled Keras model.
+        eval_ds, test_ds: the evaluation inputs (`test_ds` None without a test split).
+        position: where training is (`position.Position`).
+        backup, preemption, nan: the callbacks the driver asks after training.
+    """
+
+    data: inputs.DataSpec
+    plan: Plan
+    model: Any
+    eval_ds: Any
+    test_ds: Any
+    scratch: str
+    nan: monitoring.StopOnNaN
+    backup: checkpoints.BackupAndRestore
+    preemption: faults.Preemption
+    skipped: Optional[monitoring.SkippedRecords]
 
     def __init__(self, cfg: TrainConfig, engine: Engine) -> None:
         self.cfg, self.engine = cfg, engine
@@ -74,37 +94,61 @@ class TrainingRun:
             model = recipe.model(cfg, self.data)
             if cfg.init_weights:
                 recipe.load_initial_weights(model, cfg.init_weights, cfg.model)
-            model.compile(**recipe.compile_args(self.plan, cfg),
-                          jit_compile=self.engine.jit_compile(cfg.jit_compile),
-                          steps_per_execution=cfg.steps_per_execution)
+            model.compile(
+                **recipe.compile_args(self.plan, cfg),
+                jit_compile=self.engine.jit_compile(cfg.jit_compile),
+                steps_per_execution=cfg.steps_per_execution,
+            )
         return model
 
-    def batches(self, global_batch: int, training: bool, steps: int, split: Optional[str] = None,
-                skip_steps: int = 0, counts: Optional[BadRecords] = None,
-                autotune: bool = True) -> Any:
+    def batches(
+        self,
+        global_batch: int,
+        training: bool,
+        steps: int,
+        split: Optional[str] = None,
+        skip_steps: int = 0,
+        counts: Optional[BadRecords] = None,
+        autotune: bool = True,
+    ) -> Any:
         """The distributed input of `split` (default: train or validation)."""
         if self.data.data_format == "synthetic":
             made = self.engine.synthetic_batches(self.data, global_batch, steps, skip_steps)
             if made is not None:
                 return made
-        return self.engine.distribute(inputs.dataset_fn(
-            self.data, global_batch, training, counts or self.bad_records, split,
-            autotune=autotune, skip_steps=skip_steps))
+        return self.engine.distribute(
+            inputs.dataset_fn(
+                self.data,
+                global_batch,
+                training,
+                counts or self.bad_records,
+                split,
+                autotune=autotune,
+                skip_steps=skip_steps,
+            )
+        )
 
     def train_data(self, skip_steps: int = 0) -> Any:
         """The training input, starting after `skip_steps` global batches."""
         # (A synthetic stream is one pass over the run's remaining steps.)
         plan = self.plan
-        return self.batches(self.cfg.batch_size, True,
-                            plan.epochs * plan.steps_per_epoch - skip_steps, skip_steps=skip_steps)
+        return self.batches(
+            self.cfg.batch_size,
+            True,
+            plan.epochs * plan.steps_per_epoch - skip_steps,
+            skip_steps=skip_steps,
+        )
 
     def _evaluation_inputs(self) -> tuple[Any, Any]:
         # Iterated afresh at each evaluation: no autotuning (inputs.dataset_fn).
         cfg, plan = self.cfg, self.plan
-        return tuple(self.batches(plan.eval_batch, False, steps, split, autotune=False)
-                     if split else None
-                     for split, steps in ((cfg.eval_split, plan.eval_steps),
-                                          (cfg.test_split, plan.test_steps)))  # type: ignore
+        return tuple(
+            self.batches(plan.eval_batch, False, steps, split, autotune=False) if split else None
+            for split, steps in (
+                (cfg.eval_split, plan.eval_steps),
+                (cfg.test_split, plan.test_steps),
+            )
+        )  # type: ignore
 
     def _precise_bn(self) -> Optional[Any]:
         """PreciseBN's callback, recomputing BatchNorm statistics before each
@@ -115,14 +159,16 @@ class TrainingRun:
             return None
         from tf_lars.training import precise_bn
 
-        pooled = self.batches(self.cfg.batch_size, True, steps, counts=BadRecords(),
-                              autotune=False)
+        pooled = self.batches(
+            self.cfg.batch_size, True, steps, counts=BadRecords(), autotune=False
+        )
         try:
             with self.engine.scope():
                 return precise_bn.PreciseBN(self.model, pooled, steps)
         except ValueError as e:
-            raise ValueError(f"--precise_bn_images: {e}; use 0 for --model={self.cfg.model}") \
-                from None
+            raise ValueError(
+                f"--precise_bn_images: {e}; use 0 for --model={self.cfg.model}"
+            ) from None
 
     # Training.
 
@@ -137,15 +183,24 @@ class TrainingRun:
         self.scratch = cfg.scratch_dir or tempfile.mkdtemp(prefix="tf_lars_worker_")
         self.nan = monitoring.StopOnNaN()
         self.backup = checkpoints.BackupAndRestore(
-            os.path.join(cfg.model_dir or self.scratch, "backup"), chief=self.engine.chief,
-            every_steps=cfg.backup_every_steps, steps_per_epoch=plan.steps_per_epoch,
-            mirror_dir=self.engine.backup_mirror_dir(self.scratch), position=self.position,
-            delete_checkpoint=False)
+            os.path.join(cfg.model_dir or self.scratch, "backup"),
+            chief=self.engine.chief,
+            every_steps=cfg.backup_every_steps,
+            steps_per_epoch=plan.steps_per_epoch,
+            mirror_dir=self.engine.backup_mirror_dir(self.scratch),
+            position=self.position,
+            delete_checkpoint=False,
+        )
         self.skipped: Optional[monitoring.SkippedRecords] = None
         self.preemption = faults.Preemption(self.backup, **self.engine.preemption_channel())
-        callbacks = [self.position, self.nan, *self._logging(), self.backup,
-                     checkpoints.checkpoint_callback(self.out, self.engine.chief, self.scratch),
-                     StopAtStep(plan.total_steps, plan.steps_per_epoch, self.position)]
+        callbacks = [
+            self.position,
+            self.nan,
+            *self._logging(),
+            self.backup,
+            checkpoints.checkpoint_callback(self.out, self.engine.chief, self.scratch),
+            StopAtStep(plan.total_steps, plan.steps_per_epoch, self.position),
+        ]
         callbacks += self._monitoring()
         # PreciseBN recomputes BatchNorm statistics when an evaluation begins.
         return callbacks + self.at_eval + [self.preemption]
@@ -165,8 +220,9 @@ class TrainingRun:
         # that ends the epoch, so a kill between the two repeats the row
         # rather than losing it.
         history = os.path.join(self.out, "history.csv")
-        checkpoints.keep_backed_up_epochs(history, self.backup.backup_dir,
-                                          self.plan.steps_per_epoch)
+        checkpoints.keep_backed_up_epochs(
+            history, self.backup.backup_dir, self.plan.steps_per_epoch
+        )
         return [keras.callbacks.CSVLogger(history, append=True)]
 
     def _monitoring(self) -> list[Any]:
@@ -175,14 +231,21 @@ class TrainingRun:
         out, cfg = self.out, self.cfg
         callbacks: list[Any] = []
         if has_tensorflow():  # (both write event files with tf.summary)
-            callbacks += [keras.callbacks.TensorBoard(out, update_freq=cfg.log_every_steps),
-                          monitoring.TrainingMonitor(os.path.join(out, "train"),
-                                                     cfg.batch_size, cfg.log_every_steps,
-                                                     self.bad_records)]
+            callbacks += [
+                keras.callbacks.TensorBoard(out, update_freq=cfg.log_every_steps),
+                monitoring.TrainingMonitor(
+                    os.path.join(out, "train"),
+                    cfg.batch_size,
+                    cfg.log_every_steps,
+                    self.bad_records,
+                ),
+            ]
         else:
-            logging.warning("no TensorBoard logs: they are written with TensorFlow, which "
-                            "is not installed (pip install tensorflow-cpu); history.csv and "
-                            "summary.json are written")
+            logging.warning(
+                "no TensorBoard logs: they are written with TensorFlow, which "
+                "is not installed (pip install tensorflow-cpu); history.csv and "
+                "summary.json are written"
+            )
         self.skipped = monitoring.SkippedRecords(self.bad_records, cfg.eval_split)
         return callbacks + [self.skipped]
 
@@ -200,44 +263,80 @@ class TrainingRun:
         cfg, plan = self.cfg, self.plan
         spe = plan.steps_per_epoch
         epoch, batch = checkpoints.resume_position(self.backup.backup_dir, spe)
-        args = dict(validation_data=self.eval_ds if cfg.eval_every_epochs else None,
-                    validation_steps=plan.eval_steps,
-                    validation_freq=max(1, cfg.eval_every_epochs), callbacks=callbacks,
-                    verbose=cfg.verbose, shuffle=False)  # tf.data shuffles
+        args = dict(
+            validation_data=self.eval_ds if cfg.eval_every_epochs else None,
+            validation_steps=plan.eval_steps,
+            validation_freq=max(1, cfg.eval_every_epochs),
+            callbacks=callbacks,
+            verbose=cfg.verbose,
+            shuffle=False,
+        )  # tf.data shuffles
         histories = []
         if batch and epoch < plan.epochs:
             self.position.resume_inside(batch)
-            histories.append(self.model.fit(self.train_data(epoch * spe + batch),
-                                            initial_epoch=epoch, epochs=epoch + 1,
-                                            steps_per_epoch=spe - batch, **args))
+            histories.append(
+                self.model.fit(
+                    self.train_data(epoch * spe + batch),
+                    initial_epoch=epoch,
+                    epochs=epoch + 1,
+                    steps_per_epoch=spe - batch,
+                    **args,
+                )
+            )
             epoch += 1
             if self.model.stop_training or epoch >= plan.epochs:
                 return histories
         # steps_per_epoch is always given: without it Keras can advance the
         # iteration count once more per epoch, shifting step-based schedules.
-        histories.append(self.model.fit(self.train_data(epoch * spe), initial_epoch=epoch,
-                                        epochs=plan.epochs, steps_per_epoch=spe, **args))
+        histories.append(
+            self.model.fit(
+                self.train_data(epoch * spe),
+                initial_epoch=epoch,
+                epochs=plan.epochs,
+                steps_per_epoch=spe,
+                **args,
+            )
+        )
         return histories
 
     def save_config(self) -> None:
         """`flags.json`: every flag's final value, what was derived, the data."""
         with open(os.path.join(self.out, "flags.json"), "w") as f:
-            json.dump({"flags": self.cfg.as_flags(), "derived": self.plan.as_dict(),
-                       "data": vars(self.data)}, f, indent=2, default=str)
+            json.dump(
+                {
+                    "flags": self.cfg.as_flags(),
+                    "derived": self.plan.as_dict(),
+                    "data": vars(self.data),
+                },
+                f,
+                indent=2,
+                default=str,
+            )
 
     def log_plan(self) -> None:
         cfg, plan = self.cfg, self.plan
         logging.info("%s", self.engine.describe())
-        logging.info("%d replicas, global batch %d (%d each), %d steps (%d per epoch, "
-                     "%d warmup), peak learning rate %.4g", plan.replicas, cfg.batch_size,
-                     plan.per_replica_batch, plan.total_steps, plan.steps_per_epoch,
-                     plan.warmup_steps, plan.peak_learning_rate)
+        logging.info(
+            "%d replicas, global batch %d (%d each), %d steps (%d per epoch, "
+            "%d warmup), peak learning rate %.4g",
+            plan.replicas,
+            cfg.batch_size,
+            plan.per_replica_batch,
+            plan.total_steps,
+            plan.steps_per_epoch,
+            plan.warmup_steps,
+            plan.peak_learning_rate,
+        )
         evaluated = plan.eval_steps * plan.eval_batch
         if evaluated != self.data.eval_examples:
-            logging.warning("evaluation runs whole batches of --eval_batch_size=%d: %d images, "
-                            "not --eval_examples=%d (past the split's end its first images "
-                            "count again); a batch size that divides it evaluates it exactly",
-                            plan.eval_batch, evaluated, self.data.eval_examples)
+            logging.warning(
+                "evaluation runs whole batches of --eval_batch_size=%d: %d images, "
+                "not --eval_examples=%d (past the split's end its first images "
+                "count again); a batch size that divides it evaluates it exactly",
+                plan.eval_batch,
+                evaluated,
+                self.data.eval_examples,
+            )
 
     def train(self) -> tuple[list[Any], float]:
         """Trains (or resumes) to the end; the histories and the seconds taken."""
@@ -252,8 +351,9 @@ class TrainingRun:
 
     def explain(self, error: BaseException) -> Optional[str]:
         """The one line for `error` if the user can act on it (`faults.explain`)."""
-        return faults.explain(error, self.data, self.engine, self.bad_records,
-                              self.backup.backup_dir)
+        return faults.explain(
+            error, self.data, self.engine, self.bad_records, self.backup.backup_dir
+        )
 
     # The report.
 
@@ -265,8 +365,12 @@ class TrainingRun:
             # The last epoch was validated: the final model's figures are those.
             return {k: history.history[f"val_{k}"][-1] for k in ("accuracy", "top5", "loss")}
         result: dict[str, float] = self.model.evaluate(
-            self.eval_ds, steps=self.plan.eval_steps, return_dict=True, verbose=0,
-            callbacks=self.at_eval + ([self.skipped] if self.skipped else []))
+            self.eval_ds,
+            steps=self.plan.eval_steps,
+            return_dict=True,
+            verbose=0,
+            callbacks=self.at_eval + ([self.skipped] if self.skipped else []),
+        )
         return result
 
     def summarize(self, histories: list[Any], seconds: float) -> Optional[Summary]:
@@ -278,16 +382,25 @@ class TrainingRun:
         results = self.final_figures(histories, epochs)
         steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         summary = Summary(
-            top1=results["accuracy"], top5=results["top5"], loss=results["loss"], steps=steps,
-            eval_split=self.cfg.eval_split, wall_seconds=seconds,
+            top1=results["accuracy"],
+            top5=results["top5"],
+            loss=results["loss"],
+            steps=steps,
+            eval_split=self.cfg.eval_split,
+            wall_seconds=seconds,
             wall_seconds_in_all=backup.seconds_in_all(seconds),
             images_per_second=(steps - backup.resumed_at_step) * self.cfg.batch_size / seconds,
-            epochs_run=len(epochs), backend=keras.backend.backend(), machine=machine(),
-            resumed_from_epoch=backup.resumed_from_epoch, skipped_records=bad.result(),
-            skipped_by_split={k: bad.result(k) for k in bad.splits})
+            epochs_run=len(epochs),
+            backend=keras.backend.backend(),
+            machine=machine(),
+            resumed_from_epoch=backup.resumed_from_epoch,
+            skipped_records=bad.result(),
+            skipped_by_split={k: bad.result(k) for k in bad.splits},
+        )
         if self.test_ds is not None:
-            tested = self.model.evaluate(self.test_ds, steps=self.plan.test_steps,
-                                         return_dict=True, verbose=0)
+            tested = self.model.evaluate(
+                self.test_ds, steps=self.plan.test_steps, return_dict=True, verbose=0
+            )
             summary.test_split = self.cfg.test_split
             summary.test_top1, summary.test_top5 = tested["accuracy"], tested["top5"]
             summary.test_loss = tested["loss"]
@@ -299,9 +412,11 @@ class TrainingRun:
             sys.exit(f"tf-lars-train: training stopped: {self.nan.message}")
         summary = self.summarize(histories, seconds)
         if summary is None:
-            print(f"tf-lars-train: --model_dir {self.out} holds this run, already finished "
-                  f"({self.backup.resumed_at_step} steps); its model and summary are kept. "
-                  "Give a new --model_dir to train again.")
+            print(
+                f"tf-lars-train: --model_dir {self.out} holds this run, already finished "
+                f"({self.backup.resumed_at_step} steps); its model and summary are kept. "
+                "Give a new --model_dir to train again."
+            )
             return
         self.model.save(os.path.join(self.out, "model.keras"))
         if self.engine.chief:
@@ -314,12 +429,17 @@ class TrainingRun:
         dropped = f" ({skipped.last_eval} skipped)" if skipped and skipped.last_eval else ""
         bad = self.bad_records
         train_skips = bad.describe("train") if "train" in bad.splits else ""
-        return (f"tf-lars-train: {cfg.model} on {cfg.data_format}: top-1 {summary.top1:.4f}, "
-                f"top-5 {summary.top5:.4f} on {plan.eval_steps * plan.eval_batch} "
-                f"{cfg.eval_split} images{dropped}; "
-                + (f"test top-1 {summary.test_top1:.4f} on {cfg.test_split}; "
-                   if summary.test_split else "") +
-                f"{summary.steps} steps at batch {cfg.batch_size}; {summary.wall_seconds:.0f} s, "
-                f"{summary.images_per_second:.0f} images/s; "
-                + (f"skipped in train: {train_skips}; " if train_skips else "") +
-                f"logs: tensorboard --logdir {self.out}")
+        return (
+            f"tf-lars-train: {cfg.model} on {cfg.data_format}: top-1 {summary.top1:.4f}, "
+            f"top-5 {summary.top5:.4f} on {plan.eval_steps * plan.eval_batch} "
+            f"{cfg.eval_split} images{dropped}; "
+            + (
+                f"test top-1 {summary.test_top1:.4f} on {cfg.test_split}; "
+                if summary.test_split
+                else ""
+            )
+            + f"{summary.steps} steps at batch {cfg.batch_size}; {summary.wall_seconds:.0f} s, "
+            f"{summary.images_per_second:.0f} images/s; "
+            + (f"skipped in train: {train_skips}; " if train_skips else "")
+            + f"logs: tensorboard --logdir {self.out}"
+        )

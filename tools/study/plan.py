@@ -4,7 +4,8 @@ the runs past the grids' edges; `sweep` runs it one batch size at a time."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
 
 from study.spec import METHODS, Run
 
@@ -17,12 +18,18 @@ def trials(method: str, batch_size: int, given: dict[str, list[str]], seed: int 
     `given` maps each method's trials flag (`Method.trials_flag`) to its trials.
     """
     spec = METHODS[method]
-    return [Run(method, batch_size, spec.rate(t, batch_size), spec.eta(t), seed, t)
-            for t in given[spec.trials_flag]]
+    return [
+        Run(method, batch_size, spec.rate(t, batch_size), spec.eta(t), seed, t)
+        for t in given[spec.trials_flag]
+    ]
 
 
-def first_plan(baseline_batch: int, batch_sizes: Iterable[int], given: dict[str, list[str]],
-               methods: Iterable[str] = ("sgd", "lars")) -> list[Run]:
+def first_plan(
+    baseline_batch: int,
+    batch_sizes: Iterable[int],
+    given: dict[str, list[str]],
+    methods: Iterable[str] = ("sgd", "lars"),
+) -> list[Run]:
     """Every trial at seed 1: the baseline, then each method at each size."""
     plan = trials("baseline", baseline_batch, given)
     for b in batch_sizes:
@@ -62,9 +69,15 @@ def beyond_edges(chosen: dict[tuple[str, int], Run], plan: list[Run]) -> list[Ru
     for (method, batch), pick in sorted(chosen.items()):
         if method == "baseline":
             continue
-        grid = sorted({base_rate(r.trial) for r in plan if r.seed == 1 and
-                       (r.method, r.batch_size, r.trust_coefficient) ==
-                       (method, batch, pick.trust_coefficient)})
+        grid = sorted(
+            {
+                base_rate(r.trial)
+                for r in plan
+                if r.seed == 1
+                and (r.method, r.batch_size, r.trust_coefficient)
+                == (method, batch, pick.trust_coefficient)
+            }
+        )
         rate = base_rate(pick.trial)
         if len(grid) < 2 or rate not in (grid[0], grid[-1]):
             continue
@@ -76,22 +89,29 @@ def beyond_edges(chosen: dict[tuple[str, int], Run], plan: list[Run]) -> list[Ru
     return out
 
 
-def more_seeds(chosen: dict[tuple[str, int], Run], batch_sizes: Iterable[int], seeds: int,
-               baseline: bool = False) -> list[Run]:
+def more_seeds(
+    chosen: dict[tuple[str, int], Run],
+    batch_sizes: Iterable[int],
+    seeds: int,
+    baseline: bool = False,
+) -> list[Run]:
     """Runs of the chosen trials at `batch_sizes` with seeds 2..seeds (the
     baseline's too when `baseline`)."""
     sizes = set(batch_sizes)
-    return [dataclasses.replace(run, seed=s)
-            for (method, batch), run in sorted(chosen.items())
-            if (batch in sizes and method != "baseline") or (method == "baseline" and baseline)
-            for s in range(2, seeds + 1)]
+    return [
+        dataclasses.replace(run, seed=s)
+        for (method, batch), run in sorted(chosen.items())
+        if (batch in sizes and method != "baseline") or (method == "baseline" and baseline)
+        for s in range(2, seeds + 1)
+    ]
 
 
 def planned_total(plan: list[Run], batch_sizes: list[int], every: bool, seeds: int) -> int:
     """How many runs the study makes: `plan`'s trials and the extra seeds."""
     points = {(run.method, run.batch_size) for run in plan}
-    seeded = len(points) if every else sum(m != "baseline" for m, b in points
-                                           if b == max(batch_sizes))
+    seeded = (
+        len(points) if every else sum(m != "baseline" for m, b in points if b == max(batch_sizes))
+    )
     return len(plan) + seeded * (seeds - 1)
 
 
@@ -104,8 +124,13 @@ def by_batch_size(plan: list[Run]) -> list[list[Run]]:
     return list(groups.values())
 
 
-def sweep(plan: list[Run], batch_sizes: list[int], every: bool, seeds: int,
-          run_all: Callable[[list[Run]], Results]) -> Results:
+def sweep(
+    plan: list[Run],
+    batch_sizes: list[int],
+    every: bool,
+    seeds: int,
+    run_all: Callable[[list[Run]], Results],
+) -> Results:
     """`{run: summary}` of the whole study, one batch size at a time.
 
     The baseline first, then each large batch size in `plan`'s order: its
@@ -123,15 +148,18 @@ def sweep(plan: list[Run], batch_sizes: list[int], every: bool, seeds: int,
     return results
 
 
-def check_args(given: dict[str, list[str]], methods: Iterable[str],
-               batch_sizes: Iterable[Any]) -> None:
+def check_args(
+    given: dict[str, list[str]], methods: Iterable[str], batch_sizes: Iterable[Any]
+) -> None:
     """Every method's trials well formed and as many as the others'."""
     flags = ["sgd_rates"] + [METHODS[m].trials_flag for m in methods if m != "sgd"]
     counts = {flag: len(given[flag]) for flag in dict.fromkeys(flags)}
     for flag, count in counts.items():
         if count != counts["sgd_rates"]:
-            raise ValueError(f"--{flag} has {count} trials and --sgd_rates "
-                             f"{counts['sgd_rates']}: give every method the same number")
+            raise ValueError(
+                f"--{flag} has {count} trials and --sgd_rates "
+                f"{counts['sgd_rates']}: give every method the same number"
+            )
     for flag in counts:
         for t in given[flag]:
             parts = t.split(":")

@@ -8,8 +8,16 @@ from study.report import chosen_scores, history
 from study.spec import METHODS
 
 
-def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir,
-          methods=("sgd", "lars"), epochs=None):
+def plots(
+    results,
+    chosen,
+    runs_dir,
+    baseline_batch,
+    batch_sizes,
+    output_dir,
+    methods=("sgd", "lars"),
+    epochs=None,
+):
     """accuracy_vs_batch.png and curves_b<B>.png for the smallest and largest
     batch size; returns their names."""
     import matplotlib
@@ -29,13 +37,16 @@ def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir,
             ax.errorbar(xs, means, yerr=[lows, highs], fmt=style, capsize=3, label=label)
     if ("baseline", baseline_batch) in scores:
         seeds = [100 * v for v in scores[("baseline", baseline_batch)]]
-        ax.axhline(statistics.mean(seeds), color="gray", ls="--",
-                   label=f"momentum SGD at batch {baseline_batch}")
+        ax.axhline(
+            statistics.mean(seeds),
+            color="gray",
+            ls="--",
+            label=f"momentum SGD at batch {baseline_batch}",
+        )
         if len(seeds) > 1:  # The band over its seeds.
             ax.axhspan(min(seeds), max(seeds), color="gray", alpha=0.2)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(batch_sizes, [f"{b // 1024}K" if b % 1024 == 0 else str(b)
-                                for b in batch_sizes])
+    ax.set_xticks(batch_sizes, [f"{b // 1024}K" if b % 1024 == 0 else str(b) for b in batch_sizes])
     ax.set_xlabel("batch size")
     ax.set_ylabel("test top-1 accuracy (%)")
     budget = f"{epochs:g} epochs" if epochs else "same epoch budget"
@@ -50,8 +61,9 @@ def plots(results, chosen, runs_dir, baseline_batch, batch_sizes, output_dir,
     for batch in sorted({min(batch_sizes), max(batch_sizes)}):
         if not any((m, batch) in chosen for m in methods):
             continue  # (a study under way: nothing recorded there yet)
-        names.append(_curves(results, chosen, runs_dir, baseline_batch, batch, output_dir,
-                             methods, plt))
+        names.append(
+            _curves(results, chosen, runs_dir, baseline_batch, batch, output_dir, methods, plt)
+        )
     return names
 
 
@@ -64,22 +76,35 @@ def _curves(results, chosen, runs_dir, baseline_batch, largest, output_dir, meth
         if pick is None:
             continue
         for run in results:
-            if (run.method, run.batch_size, run.trial) != (pick.method, pick.batch_size,
-                                                           pick.trial):
+            if (run.method, run.batch_size, run.trial) != (
+                pick.method,
+                pick.batch_size,
+                pick.trial,
+            ):
                 continue
             epochs = history(runs_dir, run)
             x = [row["epoch"] + 1 for row in epochs]
             label = f"{method} b{run.batch_size} seed {run.seed}"
             ls = "-" if run.seed == 1 else ":"
             left.plot(x, [row["loss"] for row in epochs], ls, color=color, label=label)
-            evaluated = [(row["epoch"] + 1, 100 * row["val_accuracy"])
-                         for row in epochs if "val_accuracy" in row]
+            evaluated = [
+                (row["epoch"] + 1, 100 * row["val_accuracy"])
+                for row in epochs
+                if "val_accuracy" in row
+            ]
             if evaluated:
                 right.plot(*zip(*evaluated), ls, color=color, label=label)
-    left.set(xlabel="epoch", ylabel="training loss", yscale="log",
-             title=f"training loss, chosen trials at batch {largest}")
-    right.set(xlabel="epoch", ylabel="held-out top-1 accuracy (%)",
-              title=f"held-out accuracy at batch {largest}")
+    left.set(
+        xlabel="epoch",
+        ylabel="training loss",
+        yscale="log",
+        title=f"training loss, chosen trials at batch {largest}",
+    )
+    right.set(
+        xlabel="epoch",
+        ylabel="held-out top-1 accuracy (%)",
+        title=f"held-out accuracy at batch {largest}",
+    )
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

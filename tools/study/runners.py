@@ -58,49 +58,75 @@ def shard_info(data_dir: str, holdout: int) -> dict[str, Any]:
     """The shards' `build.json`, building the shards first when missing."""
     path = os.path.join(data_dir, "build.json")
     if not os.path.exists(path):
-        logging.info("building Fashion-MNIST shards with %d held-out images in %s",
-                     holdout, data_dir)
+        logging.info(
+            "building Fashion-MNIST shards with %d held-out images in %s", holdout, data_dir
+        )
         built = subprocess.run(
-            [sys.executable, os.path.join(ROOT, "tools", "build_fashion_mnist_tfrecords.py"),
-             f"--output_dir={data_dir}", f"--holdout={holdout}"],
-            capture_output=True, text=True)
+            [
+                sys.executable,
+                os.path.join(ROOT, "tools", "build_fashion_mnist_tfrecords.py"),
+                f"--output_dir={data_dir}",
+                f"--holdout={holdout}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if built.returncode:
             raise ValueError(built.stderr.strip().splitlines()[-1])
     with open(path) as f:
         info: dict[str, Any] = json.load(f)
     if not info.get("holdout"):
-        raise ValueError(f"--data_dir={data_dir} has no holdout split: build one with "
-                         "tools/build_fashion_mnist_tfrecords.py --holdout=10000")
+        raise ValueError(
+            f"--data_dir={data_dir} has no holdout split: build one with "
+            "tools/build_fashion_mnist_tfrecords.py --holdout=10000"
+        )
     return info
 
 
 def command(run: Run, run_dir: str, setting: Setting) -> list[str]:
     """The trainer's command line for `run`."""
     counts = setting.info["examples"]
-    return [sys.executable, "-m", "tf_lars.train", "--flagfile=fashion_mnist_study",
-            f"--data_dir={setting.data_dir}", f"--model_dir={run_dir}",
-            f"--train_examples={counts['train']}", f"--eval_examples={counts['holdout']}",
-            f"--test_examples={counts['validation']}",
-            *run.flags(setting.epochs, setting.warmup_epochs), *setting.extra]
+    return [
+        sys.executable,
+        "-m",
+        "tf_lars.train",
+        "--flagfile=fashion_mnist_study",
+        f"--data_dir={setting.data_dir}",
+        f"--model_dir={run_dir}",
+        f"--train_examples={counts['train']}",
+        f"--eval_examples={counts['holdout']}",
+        f"--test_examples={counts['validation']}",
+        *run.flags(setting.epochs, setting.warmup_epochs),
+        *setting.extra,
+    ]
 
 
-def run_logged(cmd: list[str], run: Run, run_dir: str, cwd: Optional[str] = None,
-               **env: str) -> tuple[int, str]:
+def run_logged(
+    cmd: list[str], run: Run, run_dir: str, cwd: Optional[str] = None, **env: str
+) -> tuple[int, str]:
     """Runs `cmd` for `run`, its output added to `run_dir/train.log` (a run
     resumed from its backup keeps the log of its first part); the exit code and
     the log's end. A failure other than a NaN stop raises, showing that end."""
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "train.log"), "a") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **env), cwd=cwd)
+        code = subprocess.call(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **env),
+            cwd=cwd,
+        )
     with open(os.path.join(run_dir, "train.log")) as log:
         tail = log.read()[-2000:]
     if code == PREEMPTED_EXIT_CODE:
-        raise RuntimeError(f"run {run.name} was stopped (SIGTERM) and backed up in "
-                           f"{run_dir}/backup: run the same command to resume it there")
+        raise RuntimeError(
+            f"run {run.name} was stopped (SIGTERM) and backed up in "
+            f"{run_dir}/backup: run the same command to resume it there"
+        )
     if code and "training stopped:" not in tail:
-        raise RuntimeError(f"run {run.name} failed (exit {code}); its log, "
-                           f"{run_dir}/train.log, ends:\n{tail}")
+        raise RuntimeError(
+            f"run {run.name} failed (exit {code}); its log, {run_dir}/train.log, ends:\n{tail}"
+        )
     return code, tail
 
 
@@ -115,9 +141,14 @@ def run_trainer(run: Run, run_dir: str, setting: Setting) -> None:
 def run_spec_process(run: Run, run_dir: str, jobs: int) -> None:
     """--jobs with --engine=arrays: `run` in a new process of this tool, same flags."""
     argv = [a for a in sys.argv[1:] if not a.startswith(("--jobs", "--run_spec", "--runs_dir"))]
-    cmd = [sys.executable, sys.argv[0], *argv, "--jobs=1",
-           f"--runs_dir={os.path.dirname(run_dir)}",  # the study's, or its edges' folder
-           f"--run_spec={json.dumps(dataclasses.asdict(run))}"]
+    cmd = [
+        sys.executable,
+        sys.argv[0],
+        *argv,
+        "--jobs=1",
+        f"--runs_dir={os.path.dirname(run_dir)}",  # the study's, or its edges' folder
+        f"--run_spec={json.dumps(dataclasses.asdict(run))}",
+    ]
     # JAX takes 75% of a GPU's memory by default: share it out instead.
     share = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / jobs:.3f}")
     run_logged(cmd, run, run_dir, XLA_PYTHON_CLIENT_MEM_FRACTION=share)
@@ -138,8 +169,15 @@ def claim(run_dir: str, shard: tuple[int, int]) -> bool:
         with open(path) as f:
             return bool(json.load(f).get("shard") == me)
     with os.fdopen(fd, "w") as f:
-        json.dump(dict(shard=me, host=socket.gethostname(), pid=os.getpid(),
-                       time=time.strftime("%Y-%m-%dT%H:%M:%S")), f)
+        json.dump(
+            dict(
+                shard=me,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            ),
+            f,
+        )
     return True
 
 
@@ -151,8 +189,7 @@ def execute(run: Run, setting: Setting) -> Optional[dict[str, Any]]:
         if setting.in_memory and setting.jobs > 1:
             run_spec_process(run, run_dir, setting.jobs)
         elif setting.in_memory:
-            setting.in_memory(run, run_dir, setting.epochs, setting.warmup_epochs,
-                              setting.extra)
+            setting.in_memory(run, run_dir, setting.epochs, setting.warmup_epochs, setting.extra)
         else:
             run_trainer(run, run_dir, setting)
         logging.info("%s: %.0f s", run.name, time.time() - start)
@@ -182,13 +219,17 @@ def recorded_counts(results: Results, runs_dir: str) -> Optional[dict[str, Any]]
         if os.path.exists(path):
             with open(path) as f:
                 cfg = json.load(f)["flags"]
-            return dict(examples=dict(train=cfg["train_examples"], holdout=cfg["eval_examples"],
-                                      validation=cfg["test_examples"]))
+            return dict(
+                examples=dict(
+                    train=cfg["train_examples"],
+                    holdout=cfg["eval_examples"],
+                    validation=cfg["test_examples"],
+                )
+            )
     return None
 
 
-def execute_all(runs: list[Run], setting: Setting,
-                counter: Optional[list[int]] = None) -> Results:
+def execute_all(runs: list[Run], setting: Setting, counter: Optional[list[int]] = None) -> Results:
     """`{run: summary}` of `runs`, up to `setting.jobs` at a time.
 
     In a shared sweep this shard runs its share (`plan.share`), then waits
@@ -201,8 +242,11 @@ def execute_all(runs: list[Run], setting: Setting,
     mine = runs
     if setting.shard:  # Its share, less what another shard claimed (a changed N).
         done = recorded(runs, setting.runs_dir)
-        mine = [r for r in share(runs, setting.shard) if r in done or
-                claim(os.path.join(setting.runs_dir, r.name), setting.shard)]
+        mine = [
+            r
+            for r in share(runs, setting.shard)
+            if r in done or claim(os.path.join(setting.runs_dir, r.name), setting.shard)
+        ]
     results = _execute_each(mine, setting, counter)
     others = [r for r in runs if r not in mine]
     while others:
@@ -210,8 +254,9 @@ def execute_all(runs: list[Run], setting: Setting,
         missing = [r for r in others if r not in results]
         if not missing:
             break
-        logging.info("waiting for %d runs of the other shards (%s, ...)", len(missing),
-                     missing[0].name)
+        logging.info(
+            "waiting for %d runs of the other shards (%s, ...)", len(missing), missing[0].name
+        )
         time.sleep(setting.poll_seconds)
     return {run: results[run] for run in runs}
 

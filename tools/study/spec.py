@@ -7,7 +7,7 @@ import dataclasses
 import math
 from typing import Optional
 
-LINEAR_SCALING_BATCH = 256   # the batch size linear-rule trials are given at
+LINEAR_SCALING_BATCH = 256  # the batch size linear-rule trials are given at
 LARS_REFERENCE_BATCH = 1024  # the batch size square-root-rule trials are given at
 
 
@@ -56,48 +56,103 @@ class Method:
         return f"lr {trial} @{LINEAR_SCALING_BATCH}"
 
 
-METHODS = {m.name: m for m in (
-    Method("baseline", "momentum SGD (baseline)", "sgd", "step", "linear", "sgd_rates",
-           warmup=False, color="gray"),
-    Method("sgd", "momentum SGD + linear scaling + warmup", "sgd", "step", "linear",
-           "sgd_rates", style="o-", color="C0"),
-    # Nado et al. 2021 (arXiv:2102.06356) matched LARS on ResNet-50 at batch
-    # 32K with this recipe: Nesterov, LARS's warmup and polynomial decay.
-    Method("nesterov", "Nesterov + linear scaling + warmup + poly(2)", "nesterov", "poly",
-           "linear", "nesterov_rates", style="^-", color="C2"),
-    Method("lars", "LARS + warmup + poly(2)", "lars", "poly", "sqrt", "lars_trials",
-           style="s-", color="C1"),
-)}
+METHODS = {
+    m.name: m
+    for m in (
+        Method(
+            "baseline",
+            "momentum SGD (baseline)",
+            "sgd",
+            "step",
+            "linear",
+            "sgd_rates",
+            warmup=False,
+            color="gray",
+        ),
+        Method(
+            "sgd",
+            "momentum SGD + linear scaling + warmup",
+            "sgd",
+            "step",
+            "linear",
+            "sgd_rates",
+            style="o-",
+            color="C0",
+        ),
+        # Nado et al. 2021 (arXiv:2102.06356) matched LARS on ResNet-50 at batch
+        # 32K with this recipe: Nesterov, LARS's warmup and polynomial decay.
+        Method(
+            "nesterov",
+            "Nesterov + linear scaling + warmup + poly(2)",
+            "nesterov",
+            "poly",
+            "linear",
+            "nesterov_rates",
+            style="^-",
+            color="C2",
+        ),
+        Method(
+            "lars",
+            "LARS + warmup + poly(2)",
+            "lars",
+            "poly",
+            "sqrt",
+            "lars_trials",
+            style="s-",
+            color="C1",
+        ),
+    )
+}
 # The order of the table's comparisons: each against those after it.
 COMPARISON_ORDER = ("lars", "nesterov", "sgd")
 
 # At batch B, Fashion-MNIST's 50,000 training images take as many steps an
 # epoch as ImageNet's 1,281,167 at about 25.6 B: 1024 is the paper's 32K.
-_FULL = dict(batch_sizes=[1024, 2048, 4096, 8192], methods=["sgd", "nesterov", "lars"],
-             sgd_rates=["0.05", "0.1", "0.2"], nesterov_rates=["0.05", "0.1", "0.2"],
-             lars_trials=["1:0.02", "2:0.02", "4:0.02"], seeds_at_every_batch=True)
+_FULL = dict(
+    batch_sizes=[1024, 2048, 4096, 8192],
+    methods=["sgd", "nesterov", "lars"],
+    sgd_rates=["0.05", "0.1", "0.2"],
+    nesterov_rates=["0.05", "0.1", "0.2"],
+    lars_trials=["1:0.02", "2:0.02", "4:0.02"],
+    seeds_at_every_batch=True,
+)
 FORMS = {
     # Two large batches, 3 epochs, 3 trials per point: 17 runs.
-    "reduced": dict(batch_sizes=[1024, 4096], epochs=3, warmup_epochs=0.75,
-                    methods=["sgd", "lars"], seeds_at_every_batch=False),
+    "reduced": dict(
+        batch_sizes=[1024, 4096],
+        epochs=3,
+        warmup_epochs=0.75,
+        methods=["sgd", "lars"],
+        seeds_at_every_batch=False,
+    ),
     # Four sizes (ImageNet's 26K to 210K in steps an epoch), three methods,
     # 3 trials each, 2 seeds of every chosen trial: 52 runs.
-    "full": dict(_FULL, epochs=30, warmup_epochs=5.0, runs_dir="docs/study-full/runs",
-                 output_dir="docs/study-full"),
+    "full": dict(
+        _FULL,
+        epochs=30,
+        warmup_epochs=5.0,
+        runs_dir="docs/study-full/runs",
+        output_dir="docs/study-full",
+    ),
     # The same grid at half the length, for machines without a GPU.
-    "full15": dict(_FULL, epochs=15, warmup_epochs=2.5, runs_dir="docs/study-full15/runs",
-                   output_dir="docs/study-full15"),
+    "full15": dict(
+        _FULL,
+        epochs=15,
+        warmup_epochs=2.5,
+        runs_dir="docs/study-full15/runs",
+        output_dir="docs/study-full15",
+    ),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    method: str                # a key of METHODS
+    method: str  # a key of METHODS
     batch_size: int
-    learning_rate: float       # peak rate of this run
+    learning_rate: float  # peak rate of this run
     trust_coefficient: Optional[float]  # LARS's eta (None for the others)
     seed: int
-    trial: str                 # the trial's value as given (e.g. "0.1", "3:0.01")
+    trial: str  # the trial's value as given (e.g. "0.1", "3:0.01")
 
     @property
     def name(self) -> str:
@@ -112,16 +167,22 @@ class Run:
         """The trainer flags that make this run what it is."""
         method = self.spec
         warmup = warmup_epochs if method.warmup else 0.0
-        out = [f"--batch_size={self.batch_size}", f"--learning_rate={self.learning_rate!r}",
-               f"--epochs={epochs!r}", f"--seed={self.seed}", f"--optimizer={method.optimizer}"]
+        out = [
+            f"--batch_size={self.batch_size}",
+            f"--learning_rate={self.learning_rate!r}",
+            f"--epochs={epochs!r}",
+            f"--seed={self.seed}",
+            f"--optimizer={method.optimizer}",
+        ]
         if self.trust_coefficient is not None:
             out.append(f"--trust_coefficient={self.trust_coefficient!r}")
         if method.schedule == "poly":
             return out + [f"--warmup_epochs={warmup!r}", "--schedule=poly", "--poly_power=2"]
         # Goyal et al.: warmup 5, decays at 30, 60 and 80 of 90 epochs; the
         # same fractions of the part after warmup, for any budget.
-        steps = ",".join(f"{warmup + (epochs - warmup) * f:.4g}"
-                         for f in (25 / 85, 55 / 85, 75 / 85))
+        steps = ",".join(
+            f"{warmup + (epochs - warmup) * f:.4g}" for f in (25 / 85, 55 / 85, 75 / 85)
+        )
         return out + [f"--warmup_epochs={warmup!r}", "--schedule=step", f"--step_epochs={steps}"]
 
     def describe(self) -> str:

@@ -22,8 +22,10 @@ from tf_lars.training.engines.base import Engine
 
 # Keras backend -> the module of its engine. (torch: accelerators only; the
 # trainer has no torch engine, the study's in-memory runs use any backend.)
-_MODULES = {"tensorflow": "tf_lars.training.engines.tensorflow",
-            "jax": "tf_lars.training.engines.jax"}
+_MODULES = {
+    "tensorflow": "tf_lars.training.engines.tensorflow",
+    "jax": "tf_lars.training.engines.jax",
+}
 
 
 def _module() -> Any:

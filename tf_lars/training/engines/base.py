@@ -45,8 +45,9 @@ class Engine(abc.ABC):
         """The input of every local replica from `dataset_fn`, a function of a
         `tf.distribute.InputContext` that returns this pipeline's dataset."""
 
-    def synthetic_batches(self, data: Any, global_batch: int, steps: int,
-                          skip_steps: int) -> Optional[Any]:
+    def synthetic_batches(
+        self, data: Any, global_batch: int, steps: int, skip_steps: int
+    ) -> Optional[Any]:
         """Synthetic data made without TensorFlow, or None to make it with
         `tf.data` like any other input."""
         return None

@@ -24,8 +24,11 @@ from tf_lars.training.engines.base import Engine
 
 TF_ONLY_STRATEGIES = ("mirrored", "multi_worker_mirrored", "tpu")
 JAX_STRATEGIES = ("auto", "one_device")
-PROCESS_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
-                     "KERAS_DISTRIBUTION_PROCESS_ID")
+PROCESS_VARIABLES = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
 
 
 def runtime_error() -> type[BaseException]:
@@ -33,9 +36,12 @@ def runtime_error() -> type[BaseException]:
     peer is gone, among others)."""
     try:
         from jax.errors import JaxRuntimeError
+
+        return JaxRuntimeError
     except ImportError:  # JAX before 0.4.36
-        from jaxlib.xla_extension import XlaRuntimeError as JaxRuntimeError
-    return JaxRuntimeError
+        from jaxlib.xla_extension import XlaRuntimeError
+
+        return XlaRuntimeError
 
 
 def accelerators() -> list[str]:
@@ -61,19 +67,28 @@ class JaxEngine(Engine):
 
     peer, peers = "process", "processes"
 
-    def __init__(self, name: str = "auto", cpu_devices: int = 1,
-                 coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                 process_id: Optional[int] = None, deterministic: bool = False,
-                 tpu: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        name: str = "auto",
+        cpu_devices: int = 1,
+        coordinator_address: Optional[str] = None,
+        num_processes: Optional[int] = None,
+        process_id: Optional[int] = None,
+        deterministic: bool = False,
+        tpu: Optional[str] = None,
+    ) -> None:
         if name in TF_ONLY_STRATEGIES or tpu:
             what = f"--strategy={name}" if name in TF_ONLY_STRATEGIES else "--tpu"
             raise ValueError(
                 f"{what} is for TensorFlow's tf.distribute (KERAS_BACKEND=tensorflow); under "
                 "KERAS_BACKEND=jax use --strategy=auto (every device of every process, "
-                "keras.distribution.DataParallel) or --strategy=one_device")
+                "keras.distribution.DataParallel) or --strategy=one_device"
+            )
         if name not in JAX_STRATEGIES:
-            raise ValueError(f"--strategy: unknown strategy {name!r}; under KERAS_BACKEND=jax "
-                             f"use one of {JAX_STRATEGIES}")
+            raise ValueError(
+                f"--strategy: unknown strategy {name!r}; under KERAS_BACKEND=jax "
+                f"use one of {JAX_STRATEGIES}"
+            )
         if cpu_devices > 1:
             _add_xla_flag(f"--xla_force_host_platform_device_count={cpu_devices}")
         if deterministic:
@@ -85,8 +100,10 @@ class JaxEngine(Engine):
         devices = keras.distribution.list_devices()
         if name == "one_device":
             if self.num_processes > 1:
-                raise ValueError(f"--strategy=one_device with {self.num_processes} processes: "
-                                 "use --strategy=auto")
+                raise ValueError(
+                    f"--strategy=one_device with {self.num_processes} processes: "
+                    "use --strategy=auto"
+                )
             devices = devices[:1]
         self.devices = devices
         self.num_replicas_in_sync = len(devices)
@@ -99,25 +116,42 @@ class JaxEngine(Engine):
             keras.distribution.set_distribution(self.distribution)
 
     @staticmethod
-    def _join(coordinator_address, num_processes, process_id):
+    def _join(
+        coordinator_address: Optional[str], num_processes: Optional[int], process_id: Optional[int]
+    ) -> None:
         given = [v is not None for v in (coordinator_address, num_processes, process_id)]
         from_env = any(os.environ.get(v) for v in PROCESS_VARIABLES)
         if not any(given) and not from_env:
             return
         if any(given) and not all(given):
-            raise ValueError("--coordinator_address, --num_processes and --process_id go "
-                             "together: give all three (or none, and Keras's "
-                             "KERAS_DISTRIBUTION_* environment variables)")
-        if num_processes is not None and not 0 <= process_id < num_processes:
-            raise ValueError(f"--process_id={process_id} is not in [0, --num_processes="
-                             f"{num_processes})")
-        keras.distribution.initialize(job_addresses=coordinator_address,
-                                      num_processes=num_processes, process_id=process_id)
+            raise ValueError(
+                "--coordinator_address, --num_processes and --process_id go "
+                "together: give all three (or none, and Keras's "
+                "KERAS_DISTRIBUTION_* environment variables)"
+            )
+        if (
+            num_processes is not None
+            and process_id is not None
+            and not (0 <= process_id < num_processes)
+        ):
+            raise ValueError(
+                f"--process_id={process_id} is not in [0, --num_processes={num_processes})"
+            )
+        keras.distribution.initialize(
+            job_addresses=coordinator_address, num_processes=num_processes, process_id=process_id
+        )
 
     @staticmethod
     def from_config(cfg: TrainConfig) -> JaxEngine:
-        return JaxEngine(cfg.strategy, cfg.cpu_devices, cfg.coordinator_address,
-                         cfg.num_processes, cfg.process_id, cfg.deterministic, cfg.tpu)
+        return JaxEngine(
+            cfg.strategy,
+            cfg.cpu_devices,
+            cfg.coordinator_address,
+            cfg.num_processes,
+            cfg.process_id,
+            cfg.deterministic,
+            cfg.tpu,
+        )
 
     def preemption_channel(self) -> dict[str, Any]:
         """With several processes, JAX's agreement on where to stop after a
@@ -162,32 +196,38 @@ class JaxEngine(Engine):
         sys.stdout.flush()
         os._exit(1)
 
-    def synthetic_batches(self, data: Any, global_batch: int, steps: int,
-                          skip_steps: int) -> Optional[Any]:
+    def synthetic_batches(
+        self, data: Any, global_batch: int, steps: int, skip_steps: int
+    ) -> Optional[Any]:
         """Synthetic data from numpy (no TensorFlow needed): each process makes
         its own rows of every global batch."""
         from tf_lars.training import inputs
 
-        return inputs.SyntheticBatches(data, global_batch, steps, self.process_id,
-                                       self.num_processes, skip_steps)
+        return inputs.SyntheticBatches(
+            data, global_batch, steps, self.process_id, self.num_processes, skip_steps
+        )
 
     def input_context(self) -> Any:
         """This process as a `tf.distribute.InputContext`: one input pipeline
         per process, each batching `global batch / processes` examples."""
         import tensorflow as tf
 
-        return tf.distribute.InputContext(num_input_pipelines=self.num_processes,
-                                          input_pipeline_id=self.process_id,
-                                          num_replicas_in_sync=self.num_processes)
+        return tf.distribute.InputContext(
+            num_input_pipelines=self.num_processes,
+            input_pipeline_id=self.process_id,
+            num_replicas_in_sync=self.num_processes,
+        )
 
     def distribute(self, dataset_fn: Callable[[Any], Any]) -> Any:
         return dataset_fn(self.input_context())
 
     def describe(self) -> str:
-        return (f"JAX: {self.num_replicas_in_sync} devices ({self.devices[0].split(':')[0]})"
-                f" in {self.num_processes} processes, this is process {self.process_id}"
-                if self.num_processes > 1 else
-                f"JAX: {self.num_replicas_in_sync} devices ({self.devices[0].split(':')[0]})")
+        return (
+            f"JAX: {self.num_replicas_in_sync} devices ({self.devices[0].split(':')[0]})"
+            f" in {self.num_processes} processes, this is process {self.process_id}"
+            if self.num_processes > 1
+            else f"JAX: {self.num_replicas_in_sync} devices ({self.devices[0].split(':')[0]})"
+        )
 
 
 ENGINE = JaxEngine

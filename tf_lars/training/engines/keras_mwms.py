@@ -25,12 +25,14 @@ from keras.src.backend.tensorflow import trainer as tf_trainer
 
 _FAULTY_BUILD = 'distribute_strategy.reduce(\n                        "MEAN"'
 _FAULTY_REDUCE = 'strategy.reduce("MEAN", v, axis=0)'
-_applied = set()
+_applied: set[str] = set()
 
 
 def _multi_worker(strategy):
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode())
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
 
 
 def _source(obj):
@@ -44,8 +46,10 @@ def needed():
     """Which of the two faults the installed Keras has."""
     build = _source(tf_trainer.TensorFlowTrainer._maybe_symbolic_build)
     reduce = _source(tf_trainer.reduce_per_replica)
-    return {"symbolic_build": " ".join(_FAULTY_BUILD.split()) in " ".join(build.split()),
-            "scalar_reduce": _FAULTY_REDUCE in reduce}
+    return {
+        "symbolic_build": " ".join(_FAULTY_BUILD.split()) in " ".join(build.split()),
+        "scalar_reduce": _FAULTY_REDUCE in reduce,
+    }
 
 
 def apply():
@@ -62,8 +66,13 @@ def apply():
             for *_, it in iterator:
                 batch = next(it)
                 data_batch = tf.nest.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v, batch)
+                    lambda v: (
+                        strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues)
+                        else v
+                    ),
+                    batch,
+                )
                 break
             with strategy.scope():
                 self._symbolic_build(data_batch=data_batch)

@@ -15,7 +15,8 @@ from tf_lars.training.config import TrainConfig
 from tf_lars.training.engines.base import Engine
 
 # The names live with the flags, which must not need TensorFlow.
-from tf_lars.training.flags import COLLECTIVES, STRATEGIES as NAMES
+from tf_lars.training.flags import COLLECTIVES
+from tf_lars.training.flags import STRATEGIES as NAMES
 
 
 def make_deterministic() -> None:
@@ -40,15 +41,16 @@ def split_cpu(devices: int) -> None:
     if devices > 1:
         tf.config.set_logical_device_configuration(
             tf.config.list_physical_devices("CPU")[0],
-            [tf.config.LogicalDeviceConfiguration()] * devices)
+            [tf.config.LogicalDeviceConfiguration()] * devices,
+        )
 
 
-def _cluster_tasks():
+def _cluster_tasks() -> int:
     spec = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
     return sum(len(v) for k, v in spec.items() if k in ("chief", "worker"))
 
 
-def _tpu(tpu):
+def _tpu(tpu: Optional[str]) -> Any:
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
         tf.config.experimental_connect_to_cluster(resolver)
@@ -56,7 +58,8 @@ def _tpu(tpu):
     except (ValueError, tf.errors.NotFoundError) as e:
         raise ValueError(
             f"--strategy=tpu: no TPU at --tpu={tpu!r} ({str(e).splitlines()[0]}); "
-            "pass the TPU's name or address, or 'local' on a TPU VM") from None
+            "pass the TPU's name or address, or 'local' on a TPU VM"
+        ) from None
     return tf.distribute.TPUStrategy(resolver)
 
 
@@ -65,8 +68,9 @@ def make(name: str, tpu: Optional[str] = None, collective: str = "auto") -> Any:
     if name not in NAMES:
         raise ValueError(f"--strategy: unknown strategy {name!r}; use one of {NAMES}")
     if collective not in COLLECTIVES:
-        raise ValueError(f"--collective_communication: unknown {collective!r}; "
-                         f"use one of {tuple(COLLECTIVES)}")
+        raise ValueError(
+            f"--collective_communication: unknown {collective!r}; use one of {tuple(COLLECTIVES)}"
+        )
     if name == "auto" and (tpu or _cluster_tasks() > 1):
         name = "tpu" if tpu else "multi_worker_mirrored"
     # These two must come before anything that starts TensorFlow's runtime
@@ -75,8 +79,10 @@ def make(name: str, tpu: Optional[str] = None, collective: str = "auto") -> Any:
         return _tpu(tpu)
     if name == "multi_worker_mirrored":
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=getattr(tf.distribute.experimental.CommunicationImplementation,
-                                   collective.upper()))
+            implementation=getattr(
+                tf.distribute.experimental.CommunicationImplementation, collective.upper()
+            )
+        )
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
@@ -84,8 +90,7 @@ def make(name: str, tpu: Optional[str] = None, collective: str = "auto") -> Any:
         name = "mirrored" if len(gpus) > 1 or len(cpus) > 1 else "one_device"
     if name == "mirrored":
         # All local GPUs; without GPUs, the logical CPU devices (--cpu_devices).
-        return tf.distribute.MirroredStrategy(
-            None if gpus else [d.name for d in cpus])
+        return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in cpus])
     if not gpus:
         # The default strategy runs on the CPU without OneDeviceStrategy's
         # per-device copy of the input pipeline, whose iterators autotune
@@ -94,11 +99,10 @@ def make(name: str, tpu: Optional[str] = None, collective: str = "auto") -> Any:
     return tf.distribute.OneDeviceStrategy(gpus[0].name)
 
 
-def is_chief(strategy):
+def is_chief(strategy: Any) -> bool:
     """True on the one worker that may write to the model directory."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or isinstance(
-            resolver, tf.distribute.cluster_resolver.TPUClusterResolver):
+    if resolver is None or isinstance(resolver, tf.distribute.cluster_resolver.TPUClusterResolver):
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
     if task_type in (None, "chief"):
@@ -107,13 +111,13 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
-def is_multi_worker(strategy):
+def is_multi_worker(strategy: Any) -> bool:
     """True for a strategy that spans several worker processes."""
     extended = getattr(strategy, "extended", None)
     return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)())
 
 
-def task_name(strategy):
+def task_name(strategy: Any) -> str:
     """'worker 0', 'chief 0', ...: this process's task ('' outside a cluster)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or resolver.task_type is None:
@@ -121,7 +125,7 @@ def task_name(strategy):
     return f"{resolver.task_type} {resolver.task_id}"
 
 
-def coordination(strategy):
+def coordination(strategy: Any) -> Any:
     """TensorFlow's eager context, whose coordination service the workers of
     a multi-worker run share (a key-value store); None for one process."""
     if not is_multi_worker(strategy):
@@ -168,8 +172,10 @@ class TensorFlowEngine(Engine):
 
     def describe(self) -> str:
         where = f", this is {task_name(self.strategy)}" if self.multi_worker else ""
-        return (f"TensorFlow: {type(self.strategy).__name__} with "
-                f"{self.num_replicas_in_sync} replicas{where}")
+        return (
+            f"TensorFlow: {type(self.strategy).__name__} with "
+            f"{self.num_replicas_in_sync} replicas{where}"
+        )
 
     def scope(self) -> Any:
         return self.strategy.scope()
