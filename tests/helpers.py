@@ -1,4 +1,51 @@
-"""Helpers shared by the tests: building an input pipeline from keywords."""
+"""Helpers shared by the tests: the trainer as a process, weights compared
+within a tolerance, an input pipeline built from keywords."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def env(**extra):
+    """The trainer's environment: quiet TensorFlow, this checkout importable."""
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, **extra)
+
+
+def trainer_command(*args):
+    return [sys.executable, "-m", "tf_lars.train", *args]
+
+
+def start_trainer(*args, output=subprocess.PIPE, **extra_env):
+    """`tf-lars-train` with `args`, started (text output piped, or `output`)."""
+    return subprocess.Popen(
+        trainer_command(*args),
+        env=env(**extra_env),
+        stdout=output,
+        stderr=output,
+        text=True,
+    )
+
+
+def run_trainer(*args, timeout=300, **extra_env):
+    """`tf-lars-train` with `args`, run to its end: the completed process."""
+    return subprocess.run(
+        trainer_command(*args),
+        env=env(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_weights_close(got, want, rtol=1e-5, atol=1e-6):
+    """As many arrays in `got` as in `want`, each within the tolerance."""
+    assert len(got) == len(want), (len(got), len(want))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
 
 
 def dataset(

@@ -5,8 +5,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -20,7 +18,7 @@ if keras.backend.backend() != "tensorflow":
 import helpers  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from test_data import COMMON, example, jpeg, read_all, write_damaged, write_shards  # noqa: E402
-from test_training import TINY, env, epochs_logged, last_line, train, wait_for_step, weights_of  # noqa: E402
+from test_training import TINY, epochs_logged, last_line, train, wait_for_step, weights_of  # noqa: E402
 
 from tf_lars.data import pipeline  # noqa: E402
 
@@ -282,13 +280,7 @@ def test_a_seeded_stream_resumed_with_skip_goes_on_where_it_stopped(tmp_path):
 
 def _train_until_sigterm(args, backup, at_step):
     """Starts the trainer and sends SIGTERM once its backup reached `at_step`."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tf_lars.train", *args],
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = helpers.start_trainer(*args)
     try:
         wait_for_step(backup.parent, [process], at_step, timeout=240)
         process.send_signal(signal.SIGTERM)

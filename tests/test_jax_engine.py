@@ -11,8 +11,8 @@ import importlib.util
 import json
 import signal
 import subprocess
-import sys
 
+import helpers
 import jax_only
 import numpy as np
 import pytest
@@ -46,10 +46,7 @@ def jax_train(*args, timeout=400):
 
 
 def assert_same_weights(a, b, atol=1e-5):
-    wa, wb = weights_of(a), weights_of(b)
-    assert len(wa) == len(wb)
-    for x, y in zip(wa, wb):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=atol)
+    helpers.assert_weights_close(weights_of(a), weights_of(b), rtol=1e-4, atol=atol)
 
 
 def test_synthetic_batches_reach_fit_once_each_in_order_and_resume_where_they_stopped():
@@ -163,22 +160,14 @@ def start_processes(args, model_dir, scratch_root):
     """Two trainer processes joined by jax.distributed on 127.0.0.1."""
     address = f"127.0.0.1:{free_port()}"
     return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tf_lars.train",
-                *args,
-                f"--model_dir={model_dir}",
-                f"--scratch_dir={scratch_root / f'scratch{i}'}",
-                f"--coordinator_address={address}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            env=env(**JAX),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        helpers.start_trainer(
+            *args,
+            f"--model_dir={model_dir}",
+            f"--scratch_dir={scratch_root / f'scratch{i}'}",
+            f"--coordinator_address={address}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            **JAX,
         )
         for i in range(2)
     ]

@@ -8,6 +8,7 @@ Backend-neutral: test_backends.py runs them under JAX and torch too.
 
 import pickle
 
+import helpers
 import keras
 import numpy as np
 import pytest
@@ -38,10 +39,7 @@ def reference(init, grads):
     return [kernel, bias]
 
 
-def assert_all_close(got, want, rtol=1e-5, atol=1e-6):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+assert_all_close = helpers.assert_weights_close
 
 
 def test_two_optimizers_get_their_own_names_and_variable_paths():

@@ -3,6 +3,7 @@ precision, gradient accumulation, tf.distribute and checkpoints."""
 
 import os
 
+import helpers
 import keras
 import numpy as np
 import pytest
@@ -49,8 +50,7 @@ def fit(model, opt, x, y, batch_size, epochs=1, **compile_kw):
 
 
 def assert_weights_close(got, want, atol=1e-5, rtol=1e-5):
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, atol=atol, rtol=rtol)
+    helpers.assert_weights_close(got, want, rtol=rtol, atol=atol)
 
 
 def test_fit_matches_tape_gradients_with_numpy_update():

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import keras
 import numpy as np
 import pytest
@@ -39,18 +40,8 @@ TINY = [
 ]
 
 
-def env(**extra):
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, **extra)
-
-
-def train(*args, timeout=300, **extra_env):
-    return subprocess.run(
-        [sys.executable, "-m", "tf_lars.train", *args],
-        env=env(**extra_env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+env = helpers.env
+train = helpers.run_trainer
 
 
 def last_line(result):
@@ -396,12 +387,7 @@ def epochs_logged(model_dir):
 
 def kill_after_backup(args, out, epoch=2, timeout=300, **extra_env):
     """Starts the trainer; SIGKILLs it once its backup reaches `epoch`."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tf_lars.train", *args],
-        env=env(**extra_env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = helpers.start_trainer(*args, output=subprocess.DEVNULL, **extra_env)
     try:
         wait_for_step(out, [process], epoch, timeout, key="epoch")
         process.send_signal(signal.SIGKILL)
@@ -522,19 +508,11 @@ def start_workers(args, model_dir, scratch_root):
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         workers.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tf_lars.train",
-                    *args,
-                    f"--model_dir={model_dir}",
-                    f"--scratch_dir={scratch_root / f'scratch{index}'}",
-                ],
-                env=env(TF_CONFIG=tf_config),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+            helpers.start_trainer(
+                *args,
+                f"--model_dir={model_dir}",
+                f"--scratch_dir={scratch_root / f'scratch{index}'}",
+                TF_CONFIG=tf_config,
             )
         )
     return workers

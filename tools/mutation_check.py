@@ -1,12 +1,13 @@
 """Does the suite catch the bugs that matter? A curated mutation check.
 
-    python tools/mutation_check.py              # every mutation (about 10 min on 2 cores)
+    python tools/mutation_check.py              # every mutation (about 15 min on 2 cores)
     python tools/mutation_check.py --only=3,7   # some of them
     python tools/mutation_check.py --list
 
 Each mutation below is a plausible bug in the pure-Python core (optimizer,
-schedules, recipe, preprocessing, pipeline checks, in-memory batches) or in
-the study's choice and comparison. For each, the package is copied to a
+schedules, recipe, preprocessing, pipeline checks, in-memory batches), in the
+trainer's plan, flags and position, or in the study's choice, comparison and
+claims. For each, the package is copied to a
 temporary folder, the one change applied there (the working tree is never
 touched), and the fast suites that guard that code are run against the
 copy. A mutation is killed when a test fails. Prints a line per mutation
@@ -49,6 +50,17 @@ STUDY = [
     "tests/test_study.py::test_the_sweep_finishes_each_batch_size_seeds_and_all_before_the_next",
     "tests/test_study.py::test_differences_are_judged_against_the_seeds_spread",
 ]
+
+CONFIG = ["tests/test_config.py"]
+REPLICAS = ["tests/test_data.py::test_one_host_with_two_replicas_reads_every_record_once_an_epoch"]
+FLAGS_REACH = [
+    "tests/test_training.py::test_every_optimizer_flag_reaches_the_optimizer_that_trains"
+]
+RESUME = ["tests/test_faults.py::test_sigterm_twice_ends_like_an_uninterrupted_run"]
+VERDICTS = [
+    "tests/test_study.py::test_the_verdicts_on_methods_above_level_with_and_below_the_baseline"
+]
+CLAIMS = ["tests/test_study.py::test_a_run_is_claimed_by_one_shard_only"]
 
 # (what, file, the code as it is, the bug, the suites that should catch it)
 MUTATIONS = [
@@ -203,6 +215,48 @@ MUTATIONS = [
         "    for group in by_batch_size(plan):\n        results.update(run_all(group))\n",
         "    for group in [plan]:\n        results.update(run_all(group))\n",
         STUDY,
+    ),
+    (
+        "Plan: the peak rate not scaled with the batch (linear scaling rule lost)",
+        "tf_lars/training/recipe.py",
+        "cfg.base_learning_rate * batch / cfg.base_batch_size",
+        "cfg.base_learning_rate",
+        CONFIG,
+    ),
+    (
+        "Input: one host's pipeline reads one replica's share of the shards",
+        "tf_lars/data/pipeline.py",
+        "ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)",
+        "ds = ds.shard(context.num_replicas_in_sync, context.input_pipeline_id)",
+        REPLICAS,
+    ),
+    (
+        "Trainer: --clip_trust_ratio never reaches LARS",
+        "tf_lars/training/recipe.py",
+        "        clip_trust_ratio=cfg.clip_trust_ratio,\n",
+        "",
+        FLAGS_REACH,
+    ),
+    (
+        "Position: a resumed epoch's batches counted from 0",
+        "tf_lars/training/position.py",
+        "        self.batch = self.first_batch + batch + 1",
+        "        self.batch = batch + 1",
+        RESUME,
+    ),
+    (
+        "Study: a method exactly a point below the baseline not within a point",
+        "tools/study/report.py",
+        "<= points",
+        "< points",
+        VERDICTS,
+    ),
+    (
+        "Study: a claim that is not exclusive (two shards start one run)",
+        "tools/study/runners.py",
+        "os.O_CREAT | os.O_EXCL | os.O_WRONLY",
+        "os.O_CREAT | os.O_WRONLY",
+        CLAIMS,
     ),
 ]
 
