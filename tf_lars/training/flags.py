@@ -1,7 +1,7 @@
 """Every flag of the training program, defined here and nowhere else.
 
-Library code never reads FLAGS: `tf_lars.train` turns them into plain
-arguments. Experiments live in flagfiles (`flags/*.cfg`, `--flagfile=`);
+Library code never reads FLAGS: `tf_lars.train` turns them into a typed
+`config.TrainConfig` once (a field for each flag, of the same name). Experiments live in flagfiles (`flags/*.cfg`, `--flagfile=`);
 a value left unset (None) takes the data format's default.
 """
 

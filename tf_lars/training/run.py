@@ -40,7 +40,8 @@ class TrainingRun:
     Attributes:
         cfg, engine, plan, data: the settings, the engine, what follows from
             them, the data's spec (`inputs.DataSpec`).
-        model: the compiled Keras model.
+        model: the compiled Keras model that trains.
+        network: the model saved (the same, unless `trained_model` wraps it).
         eval_ds, test_ds: the evaluation inputs (`test_ds` None without a test split).
         position: where training is (`position.Position`).
         backup, preemption, nan: the callbacks the driver asks after training.
@@ -49,6 +50,7 @@ class TrainingRun:
     data: inputs.DataSpec
     plan: Plan
     model: Any
+    network: Any
     eval_ds: Any
     test_ds: Any
     scratch: str
@@ -64,12 +66,26 @@ class TrainingRun:
         self.precise: Optional[Any] = None
 
     @classmethod
-    def prepare(cls, cfg: TrainConfig, engine: Engine) -> TrainingRun:
-        """The run of `cfg` on `engine`, checked and built, ready to train."""
+    def prepare(
+        cls,
+        cfg: TrainConfig,
+        engine: Engine,
+        data: Optional[inputs.DataSpec] = None,
+        **parts: Any,
+    ) -> TrainingRun:
+        """The run of `cfg` on `engine`, checked and built, ready to train.
+
+        `data`: the data's spec, when not the shards `cfg` names (a subclass
+        that feeds its own input: see `batches`); `parts` are set on the run
+        before it is built (that input).
+        """
         run = cls(cfg, engine)
+        vars(run).update(parts)
         run._check_folder()
-        run.data = inputs.spec_of(cfg)
-        inputs.check_splits(run.data, cfg)
+        if data is None:
+            data = inputs.spec_of(cfg)
+            inputs.check_splits(data, cfg)
+        run.data = data
         run.plan = recipe.derive(cfg, run.data, engine.num_replicas_in_sync)
         run.model = run._build_model()
         run.train_data()  # Each worker's pipeline: too few shards fail now.
@@ -91,15 +107,21 @@ class TrainingRun:
         if cfg.mixed_precision != "none":
             keras.config.set_dtype_policy(cfg.mixed_precision)
         with self.engine.scope():
-            model = recipe.model(cfg, self.data)
+            self.network = recipe.model(cfg, self.data)
             if cfg.init_weights:
-                recipe.load_initial_weights(model, cfg.init_weights, cfg.model)
+                recipe.load_initial_weights(self.network, cfg.init_weights, cfg.model)
+            model = self.trained_model(self.network)
             model.compile(
                 **recipe.compile_args(self.plan, cfg),
                 jit_compile=self.engine.jit_compile(cfg.jit_compile),
                 steps_per_execution=cfg.steps_per_execution,
             )
         return model
+
+    def trained_model(self, network: Any) -> Any:
+        """The model that trains `network` (itself; a subclass may wrap it,
+        e.g. in on-device augmentation). `network` is the one saved."""
+        return network
 
     def batches(
         self,
@@ -164,7 +186,7 @@ class TrainingRun:
         )
         try:
             with self.engine.scope():
-                return precise_bn.PreciseBN(self.model, pooled, steps)
+                return precise_bn.PreciseBN(self.network, pooled, steps)
         except ValueError as e:
             raise ValueError(
                 f"--precise_bn_images: {e}; use 0 for --model={self.cfg.model}"
@@ -418,7 +440,7 @@ class TrainingRun:
                 "Give a new --model_dir to train again."
             )
             return
-        self.model.save(os.path.join(self.out, "model.keras"))
+        self.network.save(os.path.join(self.out, "model.keras"))
         if self.engine.chief:
             summary.write(self.out)
         print(self.last_line(summary), flush=True)
