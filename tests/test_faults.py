@@ -259,6 +259,40 @@ def test_a_backup_at_an_epochs_last_batch_resumes_in_the_next_epoch(tmp_path):
     assert checkpoints.read_backup(str(tmp_path))["batch"] == 3
 
 
+def test_a_resumed_epoch_counts_the_batches_trained_before_it(tmp_path):
+    # Epochs of 4 batches; the run resumes with 2 of epoch 0 done and must
+    # stop after step 3 of the run (its total): one batch of this fit. The
+    # backup made after that batch says batch 3 of epoch 0.
+    from tf_lars.training import checkpoints
+    from tf_lars.training.position import Position, StopAtStep
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    position = Position()
+    position.resume_inside(2)
+    backup = checkpoints.BackupAndRestore(
+        str(tmp_path), every_steps=1, steps_per_epoch=4, position=position
+    )
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            saved = checkpoints.read_backup(str(tmp_path))
+            seen.append({k: saved[k] for k in ("epoch", "batch", "step")})
+
+    model.fit(
+        np.ones((16, 2)),
+        np.ones((16, 1)),
+        batch_size=2,
+        epochs=1,
+        steps_per_epoch=2,
+        verbose=0,
+        callbacks=[position, backup, StopAtStep(3, 4, position), Record()],
+    )
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 1
+    assert seen == [{"epoch": 0, "batch": 3, "step": 1}]
+
+
 def test_a_seeded_stream_resumed_with_skip_goes_on_where_it_stopped(tmp_path):
     write_shards(tmp_path, shards=2, per_shard=12)
     make = lambda skip: helpers.dataset(  # noqa: E731

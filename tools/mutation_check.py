@@ -56,7 +56,7 @@ REPLICAS = ["tests/test_data.py::test_one_host_with_two_replicas_reads_every_rec
 FLAGS_REACH = [
     "tests/test_training.py::test_every_optimizer_flag_reaches_the_optimizer_that_trains"
 ]
-RESUME = ["tests/test_faults.py::test_sigterm_twice_ends_like_an_uninterrupted_run"]
+RESUME = ["tests/test_faults.py::test_a_resumed_epoch_counts_the_batches_trained_before_it"]
 VERDICTS = [
     "tests/test_study.py::test_the_verdicts_on_methods_above_level_with_and_below_the_baseline"
 ]

@@ -1,1 +1,3 @@
-"""The training program's parts: flags, strategy, data, callbacks, run."""
+"""The training program's parts: flags and the typed config (`config.py`),
+the recipe, one engine per backend (`engines/`), the run (`run.py`) with its
+position, inputs, checkpoints, faults, PreciseBN and summary."""
