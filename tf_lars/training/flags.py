@@ -1,8 +1,9 @@
 """Every flag of the training program, defined here and nowhere else.
 
 Library code never reads FLAGS: `tf_lars.train` turns them into a typed
-`config.TrainConfig` once (a field for each flag, of the same name). Experiments live in flagfiles (`flags/*.cfg`, `--flagfile=`);
-a value left unset (None) takes the data format's default.
+`config.TrainConfig` once (a field for each flag, of the same name).
+Experiments live in flagfiles (`flags/*.cfg`, `--flagfile=`); a value left
+unset (None) takes the data format's default.
 """
 
 import functools
