@@ -277,6 +277,11 @@ def run_study(s, bn_note):
     )
     if s.shard and s.shard[0] != 0:
         return f"large_batch_study: shard {FLAGS.shard} done; shard 0 writes the report"
+    return write_report(s, results, chosen, header(setting.info, s, bn_note), edges)
+
+
+def write_report(s, results, chosen, head, edges, planned=None):
+    """The outputs (CSV, table, plots) in the study's output folder; the table."""
     return report.report(
         results,
         chosen,
@@ -284,10 +289,11 @@ def run_study(s, bn_note):
         s.output_dir,
         FLAGS.baseline_batch,
         s.batch_sizes,
-        header(setting.info, s, bn_note),
+        head,
         s.methods,
-        epochs=s.epochs,
-        edges=edges,
+        planned,
+        s.epochs,
+        edges,
     )
 
 
@@ -317,19 +323,7 @@ def report_so_far(s, bn_note):
         "may change while its point's trials are missing. "
     )
     edges = runners.recorded(plan.beyond_edges(chosen, s.plan), edges_dir_of(s.runs_dir))
-    return report.report(
-        results,
-        chosen,
-        s.runs_dir,
-        s.output_dir,
-        FLAGS.baseline_batch,
-        s.batch_sizes,
-        header(info, s, bn_note, progress),
-        s.methods,
-        planned,
-        s.epochs,
-        edges,
-    )
+    return write_report(s, results, chosen, header(info, s, bn_note, progress), edges, planned)
 
 
 def main(argv):
