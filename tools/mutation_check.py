@@ -132,8 +132,8 @@ MUTATIONS = [
     (
         "LARS: every instance named 'lars' (shared variable paths)",
         "tf_lars/optimizer.py",
-        "        name=None,\n",
-        '        name="lars",\n',
+        "        name: Optional[str] = None,\n",
+        '        name: Optional[str] = "lars",\n',
         FAST,
     ),
     (
