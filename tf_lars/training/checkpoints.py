@@ -39,7 +39,7 @@ def _read_text(path):
         return f.read()
 
 
-def _write_text_atomically(path, text):
+def write_text_atomically(path, text):
     """Writes `path` through a rename: readers see the old text or the new."""
     gfile, partial = _gfile(), path + ".partial"
     if gfile is None:
@@ -148,7 +148,7 @@ def keep_backed_up_epochs(history_path, backup_dir, steps_per_epoch):
         if row and int(row[column]) < resumes_in
     ]
     if len(kept) < len(lines) - 1:
-        _write_text_atomically(history_path, "".join(lines[:1] + kept))
+        write_text_atomically(history_path, "".join(lines[:1] + kept))
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -244,7 +244,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         metadata = {"epoch": epoch, "batch": batch, "step": step}
         if self.seconds_before is not None and self._clock is not None:
             metadata["seconds"] = round(self.seconds_before + time.time() - self._clock, 3)
-        _write_text_atomically(self._training_metadata_path, json.dumps(metadata))
+        write_text_atomically(self._training_metadata_path, json.dumps(metadata))
         self._last_saved = (epoch, batch, step)
 
     def seconds_in_all(self, seconds):

@@ -90,10 +90,6 @@ class TrainConfig:
     eval_every_epochs: int = 1
     verbose: int = 2
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with `changes` (field names as the flags spell them)."""
-        return dataclasses.replace(self, **changes)
-
     def as_flags(self) -> dict[str, Any]:
         """`{flag name: value}`, as `flags.json` records them."""
         return {

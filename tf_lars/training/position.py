@@ -3,7 +3,7 @@
 One callback keeps it, first in the run's list, and the callbacks that need
 it (backups, the stop at the run's last step, the stop after a SIGTERM) read
 it there instead of each counting batches on their own. The step count is
-the optimizer's (`step`).
+the optimizer's `iterations`.
 """
 
 from __future__ import annotations
@@ -33,11 +33,6 @@ class Position(keras.callbacks.Callback):
     def resume_inside(self, batch: int) -> None:
         """The next `fit` trains the rest of an epoch of which `batch` are done."""
         self.first_batch = self.batch = batch
-
-    @property
-    def step(self) -> int:
-        """The optimizer's steps so far."""
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_epoch_begin(self, epoch: int, logs: Optional[dict[str, Any]] = None) -> None:
         self.epoch = epoch

@@ -64,18 +64,8 @@ class Summary:
 
     def write(self, folder: str) -> str:
         """Writes `folder/summary.json` through a rename; its path."""
+        from tf_lars.training.checkpoints import write_text_atomically
+
         path = os.path.join(folder, "summary.json")
-        with open(path + ".partial", "w") as f:
-            json.dump(self.as_dict(), f, indent=2)
-        os.replace(path + ".partial", path)
+        write_text_atomically(path, json.dumps(self.as_dict(), indent=2))
         return path
-
-
-def read(folder: str) -> Optional[dict[str, Any]]:
-    """The summary in `folder` as a dict, or None when there is none."""
-    path = os.path.join(folder, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        result: dict[str, Any] = json.load(f)
-    return result

@@ -11,6 +11,7 @@ backend, without TensorFlow under JAX (no TensorBoard logs then).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Optional
 
@@ -18,6 +19,7 @@ from study.runners import Setting, command
 from study.spec import Run
 
 
+@functools.cache
 def _array_run_class() -> Any:
     """`ArrayRun`, made when first needed (it imports Keras and the trainer)."""
     from tf_lars.data import arrays
