@@ -43,6 +43,32 @@ def test_both_methods_get_the_same_trials_and_their_scaling_rules():
     assert len({r.name for r in plan}) == len(plan)
 
 
+def test_a_wider_grid_adds_trials_at_its_points_only_and_they_can_be_chosen():
+    given = dict(sgd_rates=["0.1"], nesterov_rates=["0.05", "0.1"])
+    wider = {"nesterov": {1024: ["0.2", "0.4"]}}
+    plan = planning.first_plan(256, [1024, 4096], given, ["sgd", "nesterov"], wider)
+    grid = {}
+    for r in plan:
+        grid.setdefault((r.batch_size, r.method), []).append(r.learning_rate)
+    # 0.05..0.4 at batch 256, scaled by 1024 / 256 = 4.
+    assert sorted(grid[(1024, "nesterov")]) == pytest.approx([0.2, 0.4, 0.8, 1.6])
+    assert sorted(grid[(4096, "nesterov")]) == pytest.approx([0.8, 1.6])
+    assert grid[(1024, "sgd")] == pytest.approx([0.4])
+    # A widened trial wins the choice like any other, and only then gets seeds.
+    scores = {0.2: 80.0, 0.4: 85.0, 0.8: 86.0, 1.6: 90.0}
+    results = {
+        r: dict(top1=scores[r.learning_rate])
+        for r in plan
+        if (r.method, r.batch_size) == ("nesterov", 1024)
+    }
+    chosen = planning.choose(results)
+    assert chosen[("nesterov", 1024)].trial == "0.4"
+    (past,) = planning.beyond_edges(chosen, plan)  # 0.4 is the new edge
+    assert past.learning_rate == pytest.approx(3.2)
+    (seed2,) = planning.more_seeds(chosen, [1024], 2)
+    assert (seed2.learning_rate, seed2.seed) == (pytest.approx(1.6), 2)
+
+
 def test_run_flags_follow_each_recipe():
     # Goyal et al.'s 90 epochs: warmup 5, decays at 30, 60 and 80.
     goyal = spec.Run("sgd", 1024, 0.4, None, 1, "0.1").flags(90.0, 5.0)

@@ -134,8 +134,9 @@ class Settings:
             FLAGS.warmup_epochs if FLAGS.warmup_epochs is not None else self.form["warmup_epochs"]
         )
         self.every = self.form["seeds_at_every_batch"]
+        self.wider = self.form.get("wider_trials", {})
         self.plan = plan.first_plan(
-            FLAGS.baseline_batch, self.batch_sizes, self.trials, self.methods
+            FLAGS.baseline_batch, self.batch_sizes, self.trials, self.methods, self.wider
         )
         # The full forms' records are kept in the repository, one folder per engine.
         suffix = "" if FLAGS.engine == "trainer" else "-arrays"

@@ -24,17 +24,24 @@ def trials(method: str, batch_size: int, given: dict[str, list[str]], seed: int 
     ]
 
 
+Wider = dict[str, dict[int, list[str]]]  # method -> batch size -> more trials
+
+
 def first_plan(
     baseline_batch: int,
     batch_sizes: Iterable[int],
     given: dict[str, list[str]],
     methods: Iterable[str] = ("sgd", "lars"),
+    wider: Optional[Wider] = None,
 ) -> list[Run]:
-    """Every trial at seed 1: the baseline, then each method at each size."""
+    """Every trial at seed 1: the baseline, then each method at each size,
+    its grid widened there by `wider`'s trials (given as `given`'s are)."""
     plan = trials("baseline", baseline_batch, given)
     for b in batch_sizes:
         for method in methods:
+            more = (wider or {}).get(method, {}).get(b, [])
             plan += trials(method, b, given)
+            plan += trials(method, b, {METHODS[method].trials_flag: more})
     return plan
 
 

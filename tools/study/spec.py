@@ -114,6 +114,9 @@ _FULL = dict(
     sgd_rates=["0.05", "0.1", "0.2"],
     nesterov_rates=["0.05", "0.1", "0.2"],
     lars_trials=["1:0.02", "2:0.02", "4:0.02"],
+    # More trials where a chosen trial sat on its grid's edge and a run a step
+    # past it did better (15 epochs): {method: {batch size: trials}}.
+    wider_trials={"nesterov": {1024: ["0.4", "0.8"], 8192: ["0.025", "0.0125"]}},
     seeds_at_every_batch=True,
 )
 FORMS = {
