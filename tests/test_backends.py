@@ -32,7 +32,7 @@ SUITES = [
     "test_models.py",
 ]
 # The in-memory engine and the benchmarks under JAX too (the GPU path).
-JAX_ONLY = ["test_arrays.py", "test_benchmarks.py"]
+JAX_ONLY = ["test_arrays.py", "test_benchmarks.py", "test_noise_scale.py"]
 
 
 def need(backend):
@@ -141,3 +141,28 @@ def test_keras_distribution_data_and_model_parallel_match_one_device(tmp_path):
             assert seen["shardings"]["net/head/kernel"][1] == [8, 6]
         # A norm over one shard would change the kernels' steps by ~30%.
         assert largest_difference(weights, one) < 1e-5, mode
+
+
+@pytest.mark.heavy
+def test_noise_scale_under_data_parallel_two_devices():
+    """The noise scale's known-answer test, the batch split over two JAX devices."""
+    need("jax")
+    result = run(
+        "jax",
+        [
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-k",
+            "in_fit_comes_within",
+            os.path.join(HERE, "test_noise_scale.py"),
+        ],
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        TF_LARS_TEST_DATA_PARALLEL="1",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
