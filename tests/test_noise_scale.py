@@ -7,8 +7,10 @@ test_backends.py runs this suite under JAX too, and its known-answer test
 under keras.distribution's DataParallel on two devices.
 """
 
+import json
 import os
 
+import helpers
 import keras
 import numpy as np
 import pytest
@@ -184,3 +186,40 @@ def test_tensorboard_gets_the_smoothed_and_raw_values(tmp_path):
         for name in ("b_simple", "gradient_sq", "trace", "raw_gradient_sq", "raw_trace")
     }
     assert [e.step for e in events.Tensors("noise_scale/b_simple")] == [5, 10, 15, 20]
+
+
+def test_the_trainer_logs_it_to_tensorboard_and_the_summary(tmp_path):
+    """`--log_noise_scale` on either engine (this suite also runs under JAX)."""
+    result = helpers.run_trainer(
+        "--data_format=synthetic",
+        "--model=resnet8",
+        "--image_size=16",
+        "--num_classes=4",
+        "--batch_size=16",
+        "--train_examples=64",
+        "--eval_examples=16",
+        "--seed=3",
+        "--epochs=3",
+        "--verbose=0",
+        "--log_noise_scale",
+        "--noise_scale_every_steps=2",
+        "--noise_scale_micro_batches=2",
+        f"--model_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    noise = json.loads((tmp_path / "summary.json").read_text())["noise_scale"]
+    # 12 steps, a measurement every 2: 6 rows, the last one's values the summary's.
+    assert [row[0] for row in noise["curve"]] == [2, 4, 6, 8, 10, 12]
+    assert noise["measurements"] == 6 and noise["micro_batches"] == 2
+    assert noise["curve"][-1][1:] == [noise["b_simple"], noise["gradient_sq"], noise["trace"]]
+    assert noise["trace"] > 0
+    if keras.backend.backend() == "tensorflow":  # (event files need TensorFlow)
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(tmp_path / "train"), size_guidance={"tensors": 0})
+        events.Reload()
+        steps = [e.step for e in events.Tensors("noise_scale/raw_trace")]
+        assert steps == [2, 4, 6, 8, 10, 12]
+        # Keras's TensorBoard callback (--log_every_steps=10) does not thin
+        # them, nor the learning rate, written at every step.
+        assert [e.step for e in events.Tensors("learning_rate")] == list(range(1, 13))

@@ -125,6 +125,14 @@ def test_flagfile_by_path_and_errors(tmp_path):
         (None, "give the run's length: --epochs or --train_steps"),
         (["--channels=1", "--preset=tpu"], "--preset=tpu normalizes 3 channels, not --channels=1"),
         (["--precise_bn_images=-5"], "--precise_bn_images=-5 is negative"),
+        (
+            ["--log_noise_scale", "--noise_scale_micro_batches=1"],
+            "--noise_scale_micro_batches=1 cannot estimate the noise scale",
+        ),
+        (
+            ["--log_noise_scale", "--noise_scale_micro_batches=3"],
+            "--noise_scale_micro_batches=3 does not divide --batch_size=16",
+        ),
     ],
 )
 def test_bad_flags_fail_with_one_clear_line(tmp_path, args, message):

@@ -59,7 +59,9 @@ class TrainingMonitor(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         step = self._step()
         optimizer = self.model.optimizer
-        with self._writer.as_default(step=step):
+        # Keras's TensorBoard callback records only every `update_freq` steps
+        # while it trains; these steps choose for themselves.
+        with self._writer.as_default(step=step), self._summary.record_if(True):
             self._summary.scalar(
                 "learning_rate", float(keras.ops.convert_to_numpy(optimizer.learning_rate))
             )

@@ -271,7 +271,9 @@ class NoiseScale(keras.callbacks.Callback):
         if self._writer is not None:
             import tensorflow as tf
 
-            with self._writer.as_default(step=step):
+            # (Keras's TensorBoard callback records only every `update_freq`
+            # steps while it trains; these are measured seldom: always kept.)
+            with self._writer.as_default(step=step), tf.summary.record_if(True):
                 for name, value in found.items():
                     if math.isfinite(value):
                         tf.summary.scalar(f"noise_scale/{name}", value)

@@ -84,6 +84,9 @@ class TrainConfig:
     model_dir: Optional[str] = None
     scratch_dir: Optional[str] = None
     log_trust_ratios: bool = False
+    log_noise_scale: bool = False
+    noise_scale_every_steps: int = 100
+    noise_scale_micro_batches: int = 0
     backup_every_steps: int = 0
     log_every_steps: int = 10
     precise_bn_images: int = 0

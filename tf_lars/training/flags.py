@@ -213,6 +213,25 @@ def define(flag_values=flags.FLAGS):
         "scratch_dir", None, "Where non-chief workers write (default: a temporary folder)."
     )
     d.DEFINE_boolean("log_trust_ratios", False, "Log LARS's per-layer trust ratios.")
+    d.DEFINE_boolean(
+        "log_noise_scale",
+        False,
+        "Measure the gradient noise scale B_simple (McCandlish et al. 2018) while "
+        "training: TensorBoard's noise_scale/ charts and summary.json's noise_scale.",
+    )
+    d.DEFINE_integer(
+        "noise_scale_every_steps",
+        100,
+        "With --log_noise_scale: steps between measurements (each costs about one step).",
+        lower_bound=1,
+    )
+    d.DEFINE_integer(
+        "noise_scale_micro_batches",
+        0,
+        "With --log_noise_scale: parts a batch is cut into, >= 2, dividing "
+        "--batch_size (0: the replicas, at least 4).",
+        lower_bound=0,
+    )
     d.DEFINE_integer(
         "backup_every_steps",
         0,

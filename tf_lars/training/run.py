@@ -9,11 +9,14 @@ position (`position.Position`); `summary.Summary` is its report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import keras
@@ -32,6 +35,22 @@ def check_config(cfg: TrainConfig) -> None:
     """The settings that are wrong whatever the machine."""
     if cfg.deterministic and cfg.seed is None:
         raise ValueError("--deterministic needs --seed: give both, e.g. --seed=1")
+    if cfg.log_noise_scale and cfg.noise_scale_micro_batches == 1:
+        raise ValueError(
+            "--noise_scale_micro_batches=1 cannot estimate the noise scale, which "
+            "needs two batch sizes: give 2 or more (or 0 for the default)"
+        )
+
+
+def noise_scale_parts(cfg: TrainConfig, replicas: int) -> int:
+    """The parts `--log_noise_scale` cuts a batch into (checked against the batch)."""
+    parts = cfg.noise_scale_micro_batches or max(4, replicas)
+    if cfg.batch_size % parts:
+        raise ValueError(
+            f"--noise_scale_micro_batches={parts} does not divide --batch_size="
+            f"{cfg.batch_size}: give a number of parts that does"
+        )
+    return parts
 
 
 class TrainingRun:
@@ -64,6 +83,7 @@ class TrainingRun:
         self.bad_records = BadRecords()  # Host variables, outside the engine's scope.
         self.position = Position()
         self.precise: Optional[Any] = None
+        self.noise: Optional[Any] = None
 
     @classmethod
     def prepare(
@@ -91,6 +111,7 @@ class TrainingRun:
         run.train_data()  # Each worker's pipeline: too few shards fail now.
         run.eval_ds, run.test_ds = run._evaluation_inputs()
         run.precise = run._precise_bn()
+        run.noise = run._noise_scale()
         return run
 
     def _check_folder(self) -> None:
@@ -192,6 +213,37 @@ class TrainingRun:
                 f"--precise_bn_images: {e}; use 0 for --model={self.cfg.model}"
             ) from None
 
+    def _noise_scale(self) -> Optional[Any]:
+        """`--log_noise_scale`'s callback, measuring on a training stream of
+        its own (another order when seeded); None when off."""
+        cfg = self.cfg
+        if not cfg.log_noise_scale:
+            return None
+        problem = self.engine.noise_scale_problem()
+        if problem:
+            raise ValueError(problem)
+        from tf_lars import noise_scale
+
+        parts = noise_scale_parts(cfg, self.engine.num_replicas_in_sync)
+        return noise_scale.NoiseScale(
+            self.noise_batches(),
+            micro_batches=parts,
+            every_steps=cfg.noise_scale_every_steps,
+        )
+
+    def noise_batches(self) -> Iterator[Any]:
+        """Global training batches as numpy arrays, for the noise scale (a
+        generator: its pipeline is made at the first measurement)."""
+        seed = None if self.data.seed is None else self.data.seed + 1
+        data = dataclasses.replace(self.data, seed=seed)
+        if not has_tensorflow():  # (synthetic data: the only input then)
+            yield from inputs.SyntheticBatches(data, self.cfg.batch_size, 1 << 30)
+            return
+        import tensorflow as tf
+
+        make = inputs.dataset_fn(data, self.cfg.batch_size, True, BadRecords(), autotune=False)
+        yield from make(tf.distribute.InputContext()).as_numpy_iterator()
+
     # Training.
 
     @property
@@ -262,6 +314,8 @@ class TrainingRun:
                     self.bad_records,
                 ),
             ]
+            if self.noise:
+                self.noise.log_dir = os.path.join(out, "train")
         else:
             logging.warning(
                 "no TensorBoard logs: they are written with TensorFlow, which "
@@ -269,7 +323,7 @@ class TrainingRun:
                 "summary.json are written"
             )
         self.skipped = monitoring.SkippedRecords(self.bad_records, cfg.eval_split)
-        return callbacks + [self.skipped]
+        return callbacks + ([self.noise] if self.noise else []) + [self.skipped]
 
     @property
     def at_eval(self) -> list[Any]:
@@ -418,6 +472,7 @@ class TrainingRun:
             resumed_from_epoch=backup.resumed_from_epoch,
             skipped_records=bad.result(),
             skipped_by_split={k: bad.result(k) for k in bad.splits},
+            noise_scale=self.noise_summary(),
         )
         if self.test_ds is not None:
             tested = self.model.evaluate(
@@ -427,6 +482,23 @@ class TrainingRun:
             summary.test_top1, summary.test_top5 = tested["accuracy"], tested["top5"]
             summary.test_loss = tested["loss"]
         return summary
+
+    def noise_summary(self) -> Optional[dict[str, Any]]:
+        """`summary.json`'s `noise_scale` (see `Summary`), or None when off."""
+        noise = self.noise
+        if noise is None:
+            return None
+
+        def number(value: float) -> Optional[float]:
+            return None if math.isnan(value) else value  # JSON has no nan
+
+        rows = [[h["step"], h["b_simple"], h["gradient_sq"], h["trace"]] for h in noise.history]
+        return dict(
+            {k: number(v) for k, v in noise.result().items()},
+            micro_batches=noise.micro_batches,
+            every_steps=noise.every_steps,
+            curve=[[number(v) for v in row] for row in rows],
+        )
 
     def finish(self, histories: list[Any], seconds: float) -> None:
         """Final evaluation, summary, model and the run's last line."""

@@ -34,6 +34,11 @@ class Summary:
         machine: CPU cores and accelerators (`engines.machine()`).
         test_split, test_top1, test_top5, test_loss: the final model on the
             test split; absent from the file when there is none.
+        noise_scale: with `--log_noise_scale`, the last smoothed `b_simple`,
+            `gradient_sq`, `trace`, the `measurements` this process made,
+            `micro_batches`, `every_steps`, and `curve`: one row
+            `[step, b_simple, gradient_sq, trace]` a measurement; absent
+            otherwise.
     """
 
     top1: float
@@ -54,12 +59,15 @@ class Summary:
     test_top1: Optional[float] = None
     test_top5: Optional[float] = None
     test_loss: Optional[float] = None
+    noise_scale: Optional[dict[str, Any]] = None
 
     def as_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         if self.test_split is None:
             for key in ("test_split", "test_top1", "test_top5", "test_loss"):
                 del values[key]
+        if self.noise_scale is None:
+            del values["noise_scale"]
         return dict(values, version=SCHEMA_VERSION)
 
     def write(self, folder: str) -> str:

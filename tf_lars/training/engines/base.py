@@ -63,6 +63,10 @@ class Engine(abc.ABC):
         saving is a collective they must join; None when they need not."""
         return None
 
+    def noise_scale_problem(self) -> Optional[str]:
+        """Why `--log_noise_scale` cannot run on this engine, or None."""
+        return None
+
     def preemption_channel(self) -> dict[str, Any]:
         """`faults.Preemption`'s keyword arguments that make the processes agree
         on the step to stop at after a SIGTERM (empty for one process)."""

@@ -153,6 +153,16 @@ class JaxEngine(Engine):
             cfg.tpu,
         )
 
+    def noise_scale_problem(self) -> Optional[str]:
+        # Its measurements differentiate the global model on this process's
+        # rows alone; across processes that would take a collective of its own.
+        if self.num_processes > 1:
+            return (
+                f"--log_noise_scale measures with one JAX process, not {self.num_processes}: "
+                "measure on one host (its devices split the batch), then train on all"
+            )
+        return None
+
     def preemption_channel(self) -> dict[str, Any]:
         """With several processes, JAX's agreement on where to stop after a
         SIGTERM reaches any of them (`Preemption`'s `sync_point`)."""
