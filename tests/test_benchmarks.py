@@ -125,3 +125,34 @@ def test_input_benchmark_runs_on_synthetic_photos_and_names_bad_input(tmp_path):
         "benchmark_input: error: Unknown preprocessing preset 'nosuch': use one of "
         "['legacy', 'small', 'tpu']"
     )
+
+
+def test_noise_scale_benchmark_runs_and_refuses_a_setting_it_cannot_time(tmp_path):
+    out = tmp_path / "noise.json"
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    tool = os.path.join(ROOT, "tools", "benchmark_noise_scale.py")
+    small = ["--batch_size=8", "--steps=4", "--every_steps=2", "--repeats=1"]
+    result = subprocess.run(
+        [sys.executable, tool, *small, f"--out={out}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| with NoiseScale (every 2 steps, 4 parts) |" in result.stdout
+    r = json.loads(out.read_text())
+    assert r["cost_ratio"] == pytest.approx(r["step_seconds_with_noise_scale"] / r["step_seconds"])
+    bad = subprocess.run(
+        [sys.executable, tool, *small, "--micro_batches=3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--micro_batches=3: give 2 or more dividing --batch_size")
+    )

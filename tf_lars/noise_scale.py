@@ -221,9 +221,10 @@ class NoiseScale(keras.callbacks.Callback):
         self._last_step = 0
 
     def on_train_begin(self, logs: Any = None) -> None:
-        loss = self.loss or keras.losses.get(self.model.loss)
         self._last_step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        self._gradients = gradient_function(self.model, loss)
+        if self._gradients is None:  # (once: a run may call fit again)
+            loss = self.loss or keras.losses.get(self.model.loss)
+            self._gradients = gradient_function(self.model, loss)
         if self.log_dir:
             import tensorflow as tf
 
