@@ -441,6 +441,33 @@ def test_the_edge_table_says_whether_the_grid_held():
     ]
 
 
+def test_noise_scale_runs_and_their_table():
+    from study import noise
+
+    chosen = {
+        ("baseline", 256): spec.Run("baseline", 256, 0.1, None, 1, "0.1"),
+        ("lars", 1024): spec.Run("lars", 1024, 2.0, 0.02, 1, "2:0.02"),
+        ("sgd", 1024): spec.Run("sgd", 1024, 0.4, None, 1, "0.1"),
+    }
+    runs = planning.noise_scale_runs(chosen, [("baseline", 256), ("lars", 1024), ("lars", 8)])
+    assert runs == [chosen[("baseline", 256)], chosen[("lars", 1024)]]
+    # 15 epochs of 50,000 // 256 = 195 steps: 2925 steps, every 29 for about 100.
+    assert planning.noise_scale_every(runs[0], 15, 50_000) == 29
+    assert planning.noise_scale_every(runs[1], 15, 50_000) == 7  # 720 steps
+    curve = [[step, float(step), 1.0, float(step)] for step in range(10, 101, 10)]
+    summary = dict(noise_scale=dict(curve=curve), steps=100)
+    # The measurement nearest each fraction of the 100 steps.
+    assert [noise.at_fraction(summary["noise_scale"], 100, f) for f in noise.FRACTIONS] == [
+        10.0,
+        20.0,  # (25 is as near to 20 as to 30: the first)
+        50.0,
+        70.0,  # (75: the first of 70 and 80)
+        100.0,
+    ]
+    summary["noise_scale"]["curve"][0][1] = None  # (|G|^2 not yet positive)
+    assert noise.at_fraction(summary["noise_scale"], 100, 0.1) == 20.0
+
+
 def test_bad_trials_are_named():
     with pytest.raises(ValueError, match="same number"):
         planning.check_args(
@@ -562,6 +589,21 @@ def test_a_tiny_study_end_to_end(tmp_path):
     again = run_study(*args, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert os.path.getmtime(summary) == before
+
+    # --noise_scale: the chosen baseline and LARS at 100 again, measuring.
+    noise = run_study(*args, "--noise_scale", timeout=300)
+    assert noise.returncode == 0, noise.stderr[-3000:]
+    measured = sorted((tmp_path / "runs-noise").iterdir())
+    assert [d.name.split("_")[:2] for d in measured] == [["baseline", "b20"], ["lars", "b100"]]
+    for run_dir in measured:
+        flags = json.loads((run_dir / "flags.json").read_text())["flags"]
+        # 30 and 6 steps: fewer than 100, so a measurement every step.
+        assert flags["log_noise_scale"] and flags["noise_scale_every_steps"] == 1
+        curve = json.loads((run_dir / "summary.json").read_text())["noise_scale"]["curve"]
+        assert len(curve) == 3 * (200 // flags["batch_size"])
+    results = (tmp_path / "docs" / "results.md").read_text()
+    assert "Gradient noise scale: B_simple" in results and "![noise_scale.png]" in results
+    assert (tmp_path / "docs" / "noise_scale.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.heavy

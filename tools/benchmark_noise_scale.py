@@ -108,7 +108,7 @@ def timed_fit(model, images, labels, args, callbacks):
 def main():
     args = parse()
     model = build(args)
-    images, labels = data(args, 8)
+    images, labels = data(args, args.steps)  # (a fit never runs out of data)
     callback = noise_scale.NoiseScale(
         probe(images, labels, args.batch_size), args.micro_batches, args.every_steps
     )

@@ -2,6 +2,7 @@
 `main`, which plans, runs (or only reports) and writes the outputs."""
 
 import collections
+import dataclasses
 import json
 import os
 import sys
@@ -83,6 +84,14 @@ def define_flags():
         "step past each chosen trial that sits on its grid's edge, in "
         "<runs_dir>-edges; reported apart, never part of the choice.",
     )
+    flags.DEFINE_boolean(
+        "noise_scale",
+        False,
+        "After a sweep: run the chosen trial (seed 1) of the baseline and of LARS "
+        "at the smallest large batch again with --log_noise_scale, in "
+        "<runs_dir>-noise, and report B_simple through training beside the "
+        "study's limits.",
+    )
     flags.DEFINE_boolean("dry_run", False, "Print the plan's commands and stop.")
     flags.DEFINE_boolean(
         "report_only",
@@ -145,6 +154,8 @@ class Settings:
         )
         self.output_dir = FLAGS.output_dir or self.form.get("output_dir", "docs/study")
         self.shard = parse_shard(FLAGS.shard)
+        # Where --noise_scale measures: the baseline, and LARS at the smallest large batch.
+        self.noise_points = [("baseline", FLAGS.baseline_batch), ("lars", self.batch_sizes[0])]
 
     def value(self, name):
         return FLAGS[name].value if FLAGS[name].present else self.form.get(name, FLAGS[name].value)
@@ -170,6 +181,30 @@ def parse_shard(text):
 def edges_dir_of(runs_dir):
     """Where the runs past the grid's edges go: beside the study's runs."""
     return runs_dir.rstrip("/" + os.sep) + "-edges"
+
+
+def noise_dir_of(runs_dir):
+    """Where the noise-scale runs go: beside the study's runs."""
+    return runs_dir.rstrip("/" + os.sep) + "-noise"
+
+
+def run_noise_scale(s):
+    """--noise_scale: the noise-scale runs of the sweep's recorded choices."""
+    results = runners.recorded(s.plan, s.runs_dir)
+    runs = plan.noise_scale_runs(plan.choose(results), s.noise_points)
+    if not runs:
+        raise ValueError(
+            f"--noise_scale: no chosen trial of the points {s.noise_points} "
+            f"is recorded in {s.runs_dir}: run the sweep first"
+        )
+    setting = setting_of(s).elsewhere(noise_dir_of(s.runs_dir))
+    for i, run in enumerate(runs):
+        every = plan.noise_scale_every(run, s.epochs, setting.info["examples"]["train"])
+        measuring = dataclasses.replace(
+            setting,
+            extra=[*setting.extra, "--log_noise_scale", f"--noise_scale_every_steps={every}"],
+        )
+        runners.execute_all([run], measuring, counter=[i, len(runs)])
 
 
 def trainer_config(extra):
@@ -283,6 +318,10 @@ def run_study(s, bn_note):
 
 def write_report(s, results, chosen, head, edges, planned=None):
     """The outputs (CSV, table, plots) in the study's output folder; the table."""
+    noise = runners.recorded(
+        plan.noise_scale_runs(chosen, s.noise_points),
+        noise_dir_of(s.runs_dir),
+    )
     return report.report(
         results,
         chosen,
@@ -295,6 +334,7 @@ def write_report(s, results, chosen, head, edges, planned=None):
         planned,
         s.epochs,
         edges,
+        noise,
     )
 
 
@@ -340,6 +380,13 @@ def main(argv):
     if FLAGS.dry_run:
         return dry_run(s)
     if FLAGS.report_only:
+        print(report_so_far(s, bn_note))
+        return None
+    if FLAGS.noise_scale:
+        try:
+            run_noise_scale(s)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            sys.exit(f"large_batch_study: error: {e}")
         print(report_so_far(s, bn_note))
         return None
     try:

@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
-from study.spec import METHODS, Run
+from study.spec import METHODS, NOISE_SCALE_MEASUREMENTS, Run
 
 Results = dict[Run, Optional[dict[str, Any]]]  # run -> its summary (None: diverged)
 
@@ -184,6 +184,19 @@ def _is_number(text: str) -> bool:
         return float(text) > 0
     except ValueError:
         return False
+
+
+def noise_scale_runs(
+    chosen: dict[tuple[str, int], Run], points: Iterable[tuple[str, int]]
+) -> list[Run]:
+    """The chosen trial (seed 1) at each (method, batch) of `points` that has one."""
+    return [chosen[(m, b)] for m, b in points if (m, b) in chosen]
+
+
+def noise_scale_every(run: Run, epochs: float, train_examples: int) -> int:
+    """Steps between measurements: about NOISE_SCALE_MEASUREMENTS in the run."""
+    steps = int(epochs * (train_examples // run.batch_size))
+    return max(1, steps // NOISE_SCALE_MEASUREMENTS)
 
 
 def share(runs: list[Run], shard: tuple[int, int]) -> list[Run]:

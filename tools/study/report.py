@@ -296,7 +296,10 @@ def report(
     planned=None,
     epochs=None,
     edges=None,
+    noise=None,
 ):
+    """Writes runs.csv, results.md and the plots; `edges` and `noise` are
+    `{run: summary}` of the runs past the edges and of the noise-scale runs."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
         out = csv.DictWriter(f, CSV_FIELDS)
@@ -305,6 +308,12 @@ def report(
     text = table(results, chosen, baseline_batch, batch_sizes, methods, planned)
     if edges:
         text += "\n\n" + EDGES_NOTE + "\n\n" + edge_table(results, chosen, edges)
+    if noise:
+        from study.noise import section
+
+        text += "\n\n" + section(
+            noise, results, chosen, baseline_batch, batch_sizes, methods, output_dir
+        )
     from study.plots import plots
 
     names = plots(

@@ -9,6 +9,7 @@ from typing import Optional
 
 LINEAR_SCALING_BATCH = 256  # the batch size linear-rule trials are given at
 LARS_REFERENCE_BATCH = 1024  # the batch size square-root-rule trials are given at
+NOISE_SCALE_MEASUREMENTS = 100  # about this many a noise-scale run
 
 
 @dataclasses.dataclass(frozen=True)
