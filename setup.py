@@ -49,6 +49,8 @@ setup(
         "lint": ["ruff==0.17.6", "mypy==2.4.1"],
         # tools/large_batch_study.py draws its plots with it.
         "study": ["matplotlib>=3.6"],
+        # The documentation site (docs/conf.py), built in CI with warnings as errors.
+        "docs": ["sphinx==8.2.3", "myst-parser==5.2.0", "furo==2025.12.19"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -10,7 +10,7 @@ import keras
 from tf_lars import models, schedules
 from tf_lars.optimizer import LARS
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Also reachable by its short name, as Keras's own optimizers are.
 keras.saving.get_custom_objects().setdefault("LARS", LARS)

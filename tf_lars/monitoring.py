@@ -105,6 +105,11 @@ class SkippedRecords(keras.callbacks.Callback):
     evaluation: what that pass over the evaluation split skipped, the first
     time it skips any and whenever the number changes. `last_eval` keeps
     the last pass's line for the run's final line.
+
+    Args:
+        bad_records: the pipelines' `tf_lars.data.counts.BadRecords`.
+        eval_split: the evaluation split's name, as the counts know it.
+        printer: prints a line (`print`'s signature). Defaults to `print`.
     """
 
     def __init__(self, bad_records, eval_split, printer=print):
@@ -172,3 +177,6 @@ class StopOnNaN(keras.callbacks.Callback):
                 "(--trust_coefficient), or a warmup too short (--warmup_epochs)"
             )
             self.model.stop_training = True
+
+
+__all__ = ["TrainingMonitor", "SkippedRecords", "StopOnNaN"]

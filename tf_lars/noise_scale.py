@@ -39,7 +39,13 @@ GradientFn = Callable[[Any, Any, float], list[Any]]
 def unbiased_terms(
     small_sq: float, big_sq: float, b_small: float, b_big: float
 ) -> tuple[float, float]:
-    """`(|G|^2, tr(Sigma))` from the squared gradient norms at two batch sizes."""
+    """`(|G|^2, tr(Sigma))` from the squared gradient norms at two batch sizes.
+
+    Args:
+        small_sq: |G_small|^2, the squared norm of a gradient over `b_small` examples.
+        big_sq: |G_big|^2, the same over `b_big` examples.
+        b_small, b_big: the two batch sizes, `0 < b_small < b_big`.
+    """
     if not 0 < b_small < b_big:
         raise ValueError(f"need 0 < B_small < B_big. Received: {b_small}, {b_big}")
     gradient_sq = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
@@ -96,9 +102,13 @@ def squared_norms(
     """`(mean |g_i|^2 over the parts, |mean g_i|^2)` of one batch cut into
     `micro_batches` equal parts, `g_i` each part's gradient.
 
-    `loss_scale` multiplies the loss before differentiation (mixed
-    precision keeps small float16 gradients from vanishing so); the norms
-    are given back unscaled.
+    Args:
+        gradients: `f(x, y, scale)` (see `gradient_function`).
+        x, y: the batch; its length a multiple of `micro_batches`.
+        micro_batches: the parts, >= 2.
+        loss_scale: multiplies the loss before differentiation (mixed
+            precision keeps small float16 gradients from vanishing so); the
+            norms are given back unscaled.
     """
     size = len(x)
     part = size // micro_batches
@@ -291,3 +301,12 @@ class NoiseScale(keras.callbacks.Callback):
             trace=self.estimate.trace,
             measurements=float(self.estimate.count),
         )
+
+
+__all__ = [
+    "NoiseScale",
+    "NoiseScaleEstimate",
+    "unbiased_terms",
+    "squared_norms",
+    "gradient_function",
+]

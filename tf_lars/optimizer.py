@@ -191,6 +191,8 @@ class LARS(keras.optimizers.Optimizer):
             self._adaptation_patterns = self._decay_patterns
 
     def exclude_from_weight_decay(self, var_list: Any = None, var_names: Any = None) -> None:
+        """Not used: LARS takes its exclusions as constructor arguments
+        (`exclude_from_weight_decay=[regex, ...]`); raises ValueError saying so."""
         raise ValueError(
             "LARS takes its exclusions as constructor arguments: "
             "LARS(exclude_from_weight_decay=[regex, ...], "

@@ -27,6 +27,11 @@ def linear_scaling(
 
     Goyal et al., "Accurate, Large Minibatch SGD", arXiv:1706.02677: when
     the batch grows k times, so does the rate (reference batch 256).
+
+    Args:
+        base_learning_rate: the rate that suits `base_batch_size`.
+        batch_size: the global batch the rate is wanted for.
+        base_batch_size: the batch `base_learning_rate` was tuned at. Defaults to 256.
     """
     if batch_size <= 0 or base_batch_size <= 0:
         raise ValueError(
@@ -71,6 +76,7 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
         power: the decay's power; the paper uses 2. Defaults to 2.0.
         initial_learning_rate: the rate at step 0. Defaults to 0.0.
         end_learning_rate: the rate from `total_steps` on. Defaults to 0.0.
+        name: the schedule's name in its config. Defaults to "WarmupPolynomialDecay".
     """
 
     def __init__(
@@ -126,6 +132,14 @@ class WarmupPiecewiseConstant(keras.optimizers.schedules.LearningRateSchedule):
     The rate is `values[i]` for `boundaries[i-1] <= step < boundaries[i]`
     (boundaries count from step 0, as in Goyal et al.'s epochs 30, 60, 80).
     During warmup the rate ramps from `initial_learning_rate` to `values[0]`.
+
+    Args:
+        boundaries: increasing steps at which the rate changes, none before
+            the end of warmup.
+        values: the rates, one more than `boundaries`.
+        warmup_steps: steps of linear warmup. Defaults to 0.
+        initial_learning_rate: the rate at step 0. Defaults to 0.0.
+        name: the schedule's name in its config. Defaults to "WarmupPiecewiseConstant".
     """
 
     def __init__(
@@ -185,6 +199,13 @@ def warmup_cosine_decay(
 
     Keras's `CosineDecay` implements exactly this (its `warmup_target` is the
     peak), so this returns one, with arguments named as in this module.
+
+    Args:
+        peak_learning_rate: the rate at the end of warmup, > 0.
+        total_steps: the step at which the rate reaches `end_learning_rate`.
+        warmup_steps: steps of linear warmup. Defaults to 0.
+        initial_learning_rate: the rate at step 0. Defaults to 0.0.
+        end_learning_rate: the rate at `total_steps`. Defaults to 0.0.
     """
     _check_steps(warmup_steps, total_steps)
     peak = float(peak_learning_rate)
@@ -199,3 +220,11 @@ def warmup_cosine_decay(
         warmup_target=peak,
         warmup_steps=int(warmup_steps),
     )
+
+
+__all__ = [
+    "linear_scaling",
+    "WarmupPolynomialDecay",
+    "WarmupPiecewiseConstant",
+    "warmup_cosine_decay",
+]

@@ -23,8 +23,8 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with ${PYTHON:-python3}"
   "${PYTHON:-python3}" -m venv .venv
 fi
-echo "setup: installing tf_lars[${TF_PACKAGE:-tensorflow-cpu},test,jax,study,lint] into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${TF_PACKAGE:-tensorflow-cpu},test,jax,study,lint]"
+echo "setup: installing tf_lars[${TF_PACKAGE:-tensorflow-cpu},test,jax,study,lint,docs] into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${TF_PACKAGE:-tensorflow-cpu},test,jax,study,lint,docs]"
 if [[ ",${TF_LARS_BACKENDS:-jax,torch}," == *,torch,* ]]; then
   # PyPI's default Linux torch is a CUDA build of several GB; where a CPU
   # wheel is at hand (or --index-url https://download.pytorch.org/whl/cpu

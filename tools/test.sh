@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every check of tf_lars: ruff and mypy, pytest, then the Bazel targets (offline).
+# Runs every check of tf_lars: ruff and mypy, the docs, pytest, then the Bazel targets (offline).
 # Sets up .venv, .venv-jax and .venv-oldest first (tools/setup_env.sh,
 # tools/setup_jax_only.sh, tools/setup_oldest.sh), so it works on a fresh clone. Tests run on
 # TF_LARS_TEST_JOBS processes (default: one per core; pytest-xdist).
@@ -15,6 +15,10 @@ echo "== ruff (lint and format) and mypy (the public API's types)"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+
+echo "== docs (Sphinx, warnings as errors: links, anchors, every public symbol documented)"
+rm -rf build/docs
+.venv/bin/sphinx-build -W --keep-going -q -b html docs build/docs
 
 .venv/bin/python -m pytest -q --durations=15 -n "${TF_LARS_TEST_JOBS:-$(nproc)}" --dist=worksteal "$@"
 

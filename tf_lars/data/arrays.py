@@ -18,6 +18,15 @@ class Batches(keras.utils.PyDataset):
     Training: a new seeded order every epoch and full batches only (the
     remainder is left out, as in the TFRecord pipeline). Otherwise every
     image once, in order; the last batch may be smaller.
+
+    Args:
+        images: uint8 `[n, h, w, c]`.
+        labels: int class indices `[n]`.
+        batch_size: images a batch.
+        num_classes: the one-hot labels' width.
+        training: shuffled full batches (True) or every image once in order.
+        seed: the shuffles' seed. Defaults to 0.
+        **kwargs: `keras.utils.PyDataset`'s (`workers`, ...).
     """
 
     def __init__(self, images, labels, batch_size, num_classes, training, seed=0, **kwargs):
@@ -57,6 +66,12 @@ def with_augmentation(model, zoom=0.1, shift=0.05, seed=None):
     up to `zoom`, shifted by up to `shift` of the side, reflecting at the
     edges. The returned model takes and passes on uint8 images; save
     `model` itself, not the wrapper.
+
+    Args:
+        model: the Keras model to train.
+        zoom: the largest zoom, a fraction of the side. Defaults to 0.1.
+        shift: the largest shift, a fraction of the side. Defaults to 0.05.
+        seed: the augmentation's seed, or None.
     """
     layers = keras.layers
     inputs = keras.Input(model.input_shape[1:], dtype="uint8", name="image")
@@ -66,3 +81,6 @@ def with_augmentation(model, zoom=0.1, shift=0.05, seed=None):
     x = layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed)(x)
     x = keras.ops.cast(keras.ops.round(keras.ops.clip(x, 0.0, 255.0)), "uint8")
     return keras.Model(inputs, model(x), name=f"{model.name}_augmented")
+
+
+__all__ = ["Batches", "with_augmentation"]

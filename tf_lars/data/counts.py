@@ -84,3 +84,6 @@ class BadRecords:
     def say(cls, kind, n):
         """'1 damaged shard', '3 damaged shards'."""
         return f"{n} {cls.WORDS[kind] if n != 1 else cls.WORD[kind]}"
+
+
+__all__ = ["BadRecords"]

@@ -64,7 +64,12 @@ def read_idx(path):
 
 
 def find_dir(data_dir=None):
-    """The folder holding the four files, or None when there is none."""
+    """The folder holding the four files, or None when there is none.
+
+    Args:
+        data_dir: a folder to look in first; then `$TF_LARS_FASHION_MNIST`,
+            then Debian's `dataset-fashion-mnist` folder.
+    """
     candidates = [data_dir] if data_dir else [os.environ.get(ENV_VAR), DEBIAN_DIR]
     for folder in candidates:
         if folder and all(
@@ -75,7 +80,12 @@ def find_dir(data_dir=None):
 
 
 def load(split, data_dir=None):
-    """Returns `(images uint8 [n, 28, 28], labels int64 [n])` of a split."""
+    """Returns `(images uint8 [n, 28, 28], labels int64 [n])` of a split.
+
+    Args:
+        split: "train" or "validation" (the 10,000 test images).
+        data_dir: the folder of the IDX files (default: see `find_dir`).
+    """
     if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test'. Received: {split!r}")
     folder = find_dir(data_dir)
@@ -97,6 +107,11 @@ def split_holdout(labels, holdout, seed=0):
 
     `holdout / 10` images of each class are drawn without replacement; both
     index lists are sorted, so the kept images stay in their file order.
+
+    Args:
+        labels: the split's labels.
+        holdout: images to hold out, a multiple of 10.
+        seed: the draw's seed. Defaults to 0.
     """
     classes = np.unique(labels)
     if holdout % len(classes):
@@ -117,3 +132,6 @@ def split_holdout(labels, holdout, seed=0):
         held.append(rng.choice(members, per_class, replace=False))
     held_sorted = np.sort(np.concatenate(held))
     return np.setdiff1d(np.arange(len(labels)), held_sorted), held_sorted
+
+
+__all__ = ["load", "find_dir", "split_holdout"]

@@ -5,9 +5,11 @@ this pipeline (listed, split between workers, shuffled) -> their records
 (interleaved readers) -> shuffle and repeat -> parse, check, decode and
 augment -> keep the usable ones -> batch per replica and prefetch. Use it as
 
-    spec = InputSpec(data_dir, "train", training=True, image_size=224)
-    strategy.distribute_datasets_from_function(
-        lambda ctx: make_dataset(spec, global_batch_size, input_context=ctx))
+```python
+spec = InputSpec(data_dir, "train", training=True, image_size=224)
+strategy.distribute_datasets_from_function(
+    lambda ctx: make_dataset(spec, global_batch_size, input_context=ctx))
+```
 
 Bad input does not end a run. A shard that is truncated or corrupt keeps the
 records before the damage; a record whose JPEG is not whole or whose label is
@@ -112,6 +114,12 @@ def list_files(data_dir: str, split: str, data_format: str = "imagenet") -> list
     The shards may sit in `data_dir` itself or in a subfolder named after
     the split (`train/`, `validation/`: tensorflow/tpu's imagenet_to_gcs.py
     writes them so).
+
+    Args:
+        data_dir: the folder of the shards (local or any `tf.io.gfile` path).
+        split: "train", "validation", or another split's file prefix.
+        data_format: "imagenet" (`train-00000-of-01024`) or "tfds"
+            (`imagenet2012-train.tfrecord-00000-of-01024`).
     """
     schema = schemas.get(data_format)
     if not data_dir or not tf.io.gfile.isdir(data_dir):
@@ -446,3 +454,6 @@ def batch(ds: Any, spec: InputSpec, batch_size: int) -> Any:
         ds = ds.cache().repeat() if spec.repeats else ds.cache()
     ds = ds.batch(batch_size, drop_remainder=spec.repeats)
     return ds.map(lambda images, labels, ok: (images, labels)).prefetch(AUTOTUNE)
+
+
+__all__ = ["InputSpec", "make_dataset", "list_files", "estimate_records"]

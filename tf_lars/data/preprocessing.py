@@ -51,6 +51,11 @@ def normalize(image, preset, dtype=tf.float32):
     `uint8` leaves normalization to the model (on the accelerator), which
     saves the host a float pass per image and 3/4 of the bytes sent to the
     device; tf_lars's models normalize their input when it is uint8.
+
+    Args:
+        image: pixels in 0..255.
+        preset: its `mean` and `std`.
+        dtype: the output's dtype.
     """
     if tf.as_dtype(dtype) == tf.uint8:
         return tf.cast(tf.round(image), tf.uint8)
@@ -65,6 +70,12 @@ def crop_window(shape, boxes, size, preset=TPU, seed=None):
 
     `boxes` is `[1, n, 4]` (ymin, xmin, ymax, xmax, normalized), used only
     when `preset.use_boxes`; `seed` (shape [2]) makes the draw stateless.
+
+    Args:
+        shape: the image's `[height, width, channels]`.
+        boxes, seed: see above.
+        size: the output size the crop is resized to.
+        preset: a `Preset` (area, aspect ratio and attempt numbers).
     """
     if not preset.use_boxes:
         boxes = tf.zeros([1, 0, 4], tf.float32)
@@ -98,6 +109,14 @@ def train_image(jpeg, boxes, size, preset=TPU, channels=3, dtype=tf.float32, see
     """Random crop (fused decode), resize, flip, normalize: `[size, size, channels]`.
 
     See `crop_window` for `boxes` and `seed`.
+
+    Args:
+        jpeg: the JPEG bytes (a scalar string tensor).
+        boxes, seed: see `crop_window`.
+        size: the output's height and width.
+        preset: a `Preset` (crop, resize and normalization numbers).
+        channels: the channels decoded.
+        dtype: the output's dtype (see `normalize`).
     """
     window = crop_window(tf.io.extract_jpeg_shape(jpeg), boxes, size, preset, seed)
     image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=channels)
@@ -111,7 +130,15 @@ def train_image(jpeg, boxes, size, preset=TPU, channels=3, dtype=tf.float32, see
 
 
 def eval_image(jpeg, size, preset=TPU, channels=3, dtype=tf.float32):
-    """Deterministic centre crop, resize, normalize: `[size, size, channels]`."""
+    """Deterministic centre crop, resize, normalize: `[size, size, channels]`.
+
+    Args:
+        jpeg: the JPEG bytes (a scalar string tensor).
+        size: the output's height and width.
+        preset: a `Preset` (its `eval_crop_padding`, `eval_resize_min`, mean and std).
+        channels: the channels decoded.
+        dtype: the output's dtype (see `normalize`).
+    """
     if preset.eval_resize_min > 0:
         image = tf.cast(tf.io.decode_jpeg(jpeg, channels=channels), tf.float32)
         shape = tf.shape(image)
@@ -126,3 +153,6 @@ def eval_image(jpeg, size, preset=TPU, channels=3, dtype=tf.float32):
         image = _resize(tf.cast(image, tf.float32), size, preset.resize_method)
     image.set_shape([size, size, channels])
     return normalize(image, preset, dtype)
+
+
+__all__ = ["train_image", "eval_image", "normalize", "crop_window"]

@@ -22,17 +22,31 @@ def per_channel(values, channels, what="mean"):
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """Every number of a preprocessing recipe."""
+    """Every number of a preprocessing recipe.
+
+    Attributes:
+        min_object_covered, aspect_ratio_range, area_range, max_attempts: the
+            training crop's draw (`tf.image.sample_distorted_bounding_box`'s).
+        use_boxes: the record's boxes guide the crop (else the whole image).
+        fallback_center_crop: when every attempt fails, a centre crop (TPU
+            reference) rather than the whole image.
+        resize_method: the crop's resize ("bicubic", "bilinear").
+        eval_crop_padding: evaluation's centre crop is size/(size+padding) of
+            the short side...
+        eval_resize_min: ...or, when > 0, the short side resized to this, then
+            a centre crop of the output size.
+        mean, std: per-channel normalization, in 0..255 pixel units.
+    """
 
     min_object_covered: float
     aspect_ratio_range: tuple
     area_range: tuple
     max_attempts: int
-    use_boxes: bool  # The record's boxes guide the crop (else whole image).
-    fallback_center_crop: bool  # All attempts failed: centre crop (TPU).
+    use_boxes: bool
+    fallback_center_crop: bool
     resize_method: str
-    eval_crop_padding: int  # Centre crop of size/(size+padding) of the short side...
-    eval_resize_min: int  # ...or (when > 0) resize short side to this, crop size.
+    eval_crop_padding: int
+    eval_resize_min: int
     mean: tuple
     std: tuple
 
@@ -70,6 +84,15 @@ PRESETS = {"tpu": TPU, "legacy": LEGACY, "small": SMALL}
 
 
 def get_preset(name, **overrides):
+    """A preset by name, with some of its numbers changed.
+
+    Args:
+        name: "tpu", "legacy", "small" or another key of `PRESETS`.
+        **overrides: fields of `Preset` to change (e.g. `use_boxes=True`).
+    """
     if name not in PRESETS:
         raise ValueError(f"Unknown preprocessing preset {name!r}: use one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+__all__ = ["Preset", "get_preset"]

@@ -72,6 +72,12 @@ def parse(serialized, schema, label_offset=None, boxes=True):
     `label_offset` defaults to the schema's (1 for ImageNet shards, 0 for
     TFDS); pass 0 for ImageNet-schema shards that store 0-based labels.
     `boxes=False` skips parsing them (`[1, 0, 4]` is returned).
+
+    Args:
+        serialized: one record's bytes (a scalar string tensor).
+        schema: a schema of `SCHEMAS` ("imagenet" or "tfds").
+        label_offset: subtracted from the stored label (see above).
+        boxes: whether to parse the bounding boxes.
     """
     offset = schema.label_offset if label_offset is None else label_offset
     parsed = tf.io.parse_single_example(serialized, feature_map(schema, boxes))
@@ -103,6 +109,13 @@ def imagenet_example(
 
     `label` is stored as given (1-based for standard shards); `boxes` are
     normalized `(xmin, ymin, xmax, ymax)` tuples.
+
+    Args:
+        jpeg: the image's JPEG bytes.
+        label: the class, stored as given.
+        height, width, channels: the image's size.
+        filename, synset, text: `image/filename`, `image/class/synset` and `image/class/text`.
+        boxes: the object boxes (see above).
     """
 
     def enc(s):
@@ -127,5 +140,14 @@ def imagenet_example(
 
 
 def shard_name(split, index, num_shards):
-    """`train-00003-of-01024`, as the standard shards are named."""
+    """`train-00003-of-01024`, as the standard shards are named.
+
+    Args:
+        split: the split's name.
+        index: the shard's index, from 0.
+        num_shards: shards of the split.
+    """
     return f"{split}-{index:05d}-of-{num_shards:05d}"
+
+
+__all__ = ["feature_map", "parse", "imagenet_example", "shard_name"]

@@ -27,6 +27,10 @@ def resolve(data_dir, name="imagenet2012"):
     and names the others). Split sizes come from `dataset_info.json` (empty
     when there is none). Shards in TFDS's `array_record` format, which
     tf.data cannot read, raise FileNotFoundError saying what to do.
+
+    Args:
+        data_dir: a TFDS root, its data set's folder, or a version folder.
+        name: the data set. Defaults to "imagenet2012".
     """
     folder, note = data_dir, None
     if not tf.io.gfile.exists(os.path.join(data_dir, "dataset_info.json")):
@@ -59,3 +63,6 @@ def resolve(data_dir, name="imagenet2012"):
             "file_format='tfrecord').download_and_prepare())"
         )
     return folder, sizes, note
+
+
+__all__ = ["resolve"]

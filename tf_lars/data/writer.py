@@ -44,6 +44,15 @@ def build_shards(output_dir, split, items, num_shards, encode, processes=1, prog
     `encode(item)` returns a `tf.train.Example` (a module-level function, so
     worker processes can receive it). Shard `i` holds a contiguous slice of
     `items`. Returns `(records_written, failures, shards_skipped)`.
+
+    Args:
+        output_dir: where the shards go (finished ones are kept: a build resumes).
+        split: the shards' name prefix (`shard_name`).
+        items: what `encode` turns into records.
+        num_shards: shards to write.
+        encode: see above.
+        processes: worker processes. Defaults to 1.
+        progress: whether to show a progress bar. Defaults to True.
     """
     if num_shards < 1 or num_shards > max(1, len(items)):
         raise ValueError(
@@ -73,3 +82,6 @@ def build_shards(output_dir, split, items, num_shards, encode, processes=1, prog
             written, failures = written + n, failures + failed
             bar and bar.update(done)
     return written, failures, skipped
+
+
+__all__ = ["build_shards"]

@@ -16,7 +16,13 @@ MODELS = {
 
 
 def build(name: str, **kwargs: Any) -> Any:
-    """Builds model `name` (call it inside `strategy.scope()`)."""
+    """Builds model `name` (call it inside `strategy.scope()`).
+
+    Args:
+        name: a key of `MODELS`: "resnet50", "alexnet_bn", "resnet8",
+            "resnet20", "resnet32" or "resnet56".
+        **kwargs: the builder's arguments (`num_classes`, `image_size`, ...).
+    """
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}: use one of {sorted(MODELS)}")
     builder: Any = MODELS[name]

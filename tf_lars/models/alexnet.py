@@ -22,6 +22,18 @@ def alexnet_bn(
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
 ) -> Any:
+    """AlexNet with BatchNormalization after each convolution (AlexNet-BN, as
+    You et al. train it at batch 32K), for 224 px images.
+
+    Args:
+        num_classes: classes of the output logits.
+        image_size: height and width of the input images.
+        channels: channels of the input images.
+        input_dtype: the input's dtype ("uint8" images are normalized inside
+            the model by `mean` and `std`).
+        dropout: the dropout rate after fc6 and fc7. Defaults to 0.5.
+        mean, std: per-channel (or one) values that normalize the input.
+    """
     inputs, x = L.image_input(image_size, channels, input_dtype, mean, std)
     x = L.conv_bn_relu(x, 96, 11, 4, name="conv1")
     x = keras.layers.MaxPooling2D(3, 2, name="pool1")(x)

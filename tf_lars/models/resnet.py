@@ -46,7 +46,18 @@ def resnet50(
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
 ) -> Any:
-    """ResNet-50 v1.5; `mean`/`std` normalize uint8 input inside the model."""
+    """ResNet-50 v1.5 (the stride on the 3x3 convolution of each bottleneck).
+
+    Args:
+        num_classes: classes of the output logits.
+        image_size: height and width of the input images.
+        channels: channels of the input images.
+        input_dtype: the input's dtype ("uint8" images are normalized inside
+            the model by `mean` and `std`).
+        zero_init_residual: start each block's last BatchNorm gamma at 0 (Goyal
+            et al.). Defaults to True.
+        mean, std: per-channel (or one) values that normalize the input.
+    """
     inputs, x = L.image_input(image_size, channels, input_dtype, mean, std)
     x = L.conv_bn_relu(x, 64, 7, 2, name="stem")
     x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
@@ -110,7 +121,20 @@ def small_resnet(
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
 ) -> Any:
-    """He et al.'s CIFAR ResNet-`depth` (depth = 6n + 2), for 28-32 px images."""
+    """He et al.'s CIFAR ResNet-`depth` (depth = 6n + 2), for 28-32 px images.
+
+    Args:
+        depth: 6n + 2 layers (8, 20, 32, 44, 56, 110).
+        num_classes: classes of the output logits.
+        image_size: height and width of the input images.
+        channels: channels of the input images.
+        input_dtype: the input's dtype ("uint8" images are normalized inside
+            the model by `mean` and `std`).
+        width: multiplies every layer's filters (16, 32, 64). Defaults to 1.
+        zero_init_residual: start each block's last BatchNorm gamma at 0.
+            Defaults to False.
+        mean, std: per-channel (or one) values that normalize the input.
+    """
     if (depth - 2) % 6:
         raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, 110). Received: depth={depth}")
     blocks = (depth - 2) // 6

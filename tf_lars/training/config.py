@@ -142,3 +142,6 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+__all__ = ["TrainConfig", "Plan", "from_args", "from_flags"]

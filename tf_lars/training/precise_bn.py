@@ -130,3 +130,6 @@ class PreciseBN(keras.callbacks.Callback):
         if step is None or step != self._done_at:
             self.recompute()
             self._done_at = step
+
+
+__all__ = ["PreciseBN"]

@@ -321,7 +321,8 @@ def report(
     )
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(
-            header
+            "# The large-batch study: results\n\n"
+            + header
             + " "
             + machines(results)
             + "\n\n"
