@@ -94,3 +94,13 @@ def test_a_wrong_flag_in_a_page_would_fail():
     (args,) = trainer_commands("tf-lars-train --flagfile=smoke --bogus_flag=1 --model_dir=x\n")
     with pytest.raises(flags.Error, match="bogus_flag"):
         config.from_args(args)
+
+
+def test_the_readmes_links_reach_files():
+    """README.md is outside the Sphinx build, which checks the pages' links."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        targets = re.findall(r"\]\(([^)#\s]+)\)", f.read())
+    local = [t for t in targets if "://" not in t]
+    assert len(local) >= 10
+    missing = [t for t in local if not os.path.exists(os.path.join(ROOT, t))]
+    assert not missing, missing

@@ -57,6 +57,7 @@ FLAGS_REACH = [
     "tests/test_training.py::test_every_optimizer_flag_reaches_the_optimizer_that_trains"
 ]
 RESUME = ["tests/test_faults.py::test_a_resumed_epoch_counts_the_batches_trained_before_it"]
+NOISE = ["tests/test_noise_scale.py"]
 VERDICTS = [
     "tests/test_study.py::test_the_verdicts_on_methods_above_level_with_and_below_the_baseline"
 ]
@@ -257,6 +258,34 @@ MUTATIONS = [
         "os.O_CREAT | os.O_EXCL | os.O_WRONLY",
         "os.O_CREAT | os.O_WRONLY",
         CLAIMS,
+    ),
+    (
+        "Noise scale: the two batch sizes swapped in the trace's estimate",
+        "tf_lars/noise_scale.py",
+        "(1.0 / b_small - 1.0 / b_big)",
+        "(1.0 / b_big - 1.0 / b_small)",
+        NOISE,
+    ),
+    (
+        "Noise scale: |G_big|^2 from the parts' summed gradient, not their mean",
+        "tf_lars/noise_scale.py",
+        "(t / micro_batches) ** 2",
+        "t**2",
+        NOISE,
+    ),
+    (
+        "Noise scale: the loss scale left in the norms",
+        "tf_lars/noise_scale.py",
+        "np.float64) / loss_scale",
+        "np.float64)",
+        NOISE,
+    ),
+    (
+        "Noise scale: the measurement in the model's own training call (BatchNorm's state moves)",
+        "tf_lars/noise_scale.py",
+        "y_pred, _ = model.stateless_call(trainable, frozen, x, training=True)\n            value",
+        "y_pred = model(x, training=True)\n            value",
+        NOISE,
     ),
 ]
 
