@@ -217,6 +217,23 @@ def read_tags(folder):
     return tags
 
 
+def test_epoch_charts_are_written_whatever_the_logging_interval(tmp_path):
+    """4 steps an epoch, step-level logs every 10 steps: Keras's own callback
+    would write no epoch-level chart (its recording condition is false when
+    the epochs end); each epoch's are here, in both folders."""
+    result = train(*TINY, f"--model_dir={tmp_path}", "--epochs=3", "--log_every_steps=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tags = read_tags(str(tmp_path))
+    for where, tag in [
+        ("train", "epoch_loss"),
+        ("train", "epoch_accuracy"),
+        ("train", "epoch_images_per_second"),
+        ("validation", "epoch_loss"),
+        ("validation", "evaluation_accuracy_vs_iterations"),
+    ]:
+        assert (where, tag) in tags, (where, tag, sorted(tags))
+
+
 def fashion_mnist_shards(shards, validation_shards=1):
     """512 Fashion-MNIST images in 2 training shards (and theirs for validation)."""
     build = subprocess.run(

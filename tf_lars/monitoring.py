@@ -5,6 +5,8 @@
   pipeline's skipped records and, from a `LARS(track_trust_ratios=True)`,
   each layer's trust ratio, weight norm and gradient norm (a scalar per
   layer and a histogram across layers).
+* `TensorBoard` is Keras's callback with its epoch-level charts always
+  written (Keras drops them when an epoch ends between two logged steps).
 * `StopOnNaN` ends training at the first non-finite loss and says why.
 """
 
@@ -87,7 +89,7 @@ class TrainingMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._epoch_time
         rate = (self._step() - self._epoch_step) * self.global_batch_size / max(seconds, 1e-9)
-        with self._writer.as_default(step=self._step()):
+        with self._writer.as_default(step=self._step()), self._summary.record_if(True):
             self._summary.scalar("epoch_images_per_second", rate)
             if self.bad_records is not None:
                 for kind, count in self.bad_records.result().items():
@@ -96,6 +98,30 @@ class TrainingMonitor(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._writer.close()
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras's `TensorBoard` callback, its epoch-level charts always written.
+
+    With `update_freq=N` Keras records summaries only at steps that are
+    multiples of N while it trains, and that condition also silences its own
+    epoch-level and evaluation charts (`epoch_loss`, `evaluation_*`) when an
+    epoch ends between two multiples: a run of 48 steps an epoch logged every
+    10 steps had none. Here they are written at every epoch's end. Takes
+    `keras.callbacks.TensorBoard`'s arguments (`log_dir`, `update_freq`, ...).
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        with tf.summary.record_if(True):
+            super().on_epoch_end(epoch, logs)
+
+    def on_test_end(self, logs=None):
+        import tensorflow as tf
+
+        with tf.summary.record_if(True):
+            super().on_test_end(logs)
 
 
 class SkippedRecords(keras.callbacks.Callback):
@@ -179,4 +205,4 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-__all__ = ["TrainingMonitor", "SkippedRecords", "StopOnNaN"]
+__all__ = ["TrainingMonitor", "TensorBoard", "SkippedRecords", "StopOnNaN"]

@@ -306,7 +306,7 @@ class TrainingRun:
         callbacks: list[Any] = []
         if has_tensorflow():  # (both write event files with tf.summary)
             callbacks += [
-                keras.callbacks.TensorBoard(out, update_freq=cfg.log_every_steps),
+                monitoring.TensorBoard(out, update_freq=cfg.log_every_steps),
                 monitoring.TrainingMonitor(
                     os.path.join(out, "train"),
                     cfg.batch_size,
