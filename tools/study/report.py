@@ -321,7 +321,7 @@ def report(
     )
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(
-            "# The large-batch study: results\n\n"
+            f"# The large-batch study: results, {epochs:g} epochs\n\n"
             + header
             + " "
             + machines(results)
