@@ -321,7 +321,9 @@ def report(
     )
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(
-            f"# The large-batch study: results, {epochs:g} epochs\n\n"
+            "# The large-batch study: results"
+            + (f", {epochs:g} epochs" if epochs else "")
+            + "\n\n"
             + header
             + " "
             + machines(results)
