@@ -21,11 +21,14 @@ naming the shard (`explain` turns the error into one line).
 "Whole" means: starts with the JPEG start-of-image marker (FF D8) and holds
 an end-of-image marker (FF D9) after it. That catches records that are not
 JPEGs and JPEGs cut short. Bytes after the end marker (camera and editor
-trailers) are allowed: TensorFlow decodes such files whole. The check cannot
+trailers) are allowed: TensorFlow decodes such files whole; so are
+progressive, grayscale and CMYK JPEGs. The check cannot
 see damage inside the entropy-coded data (it decodes, with a libjpeg warning,
 into wrong pixels), nor a cut-short file that still holds an end marker from
 an embedded thumbnail (it fails to decode; tf.data drops it with a logged
-warning, and it is not counted).
+warning, and it is not counted). Skipped evaluation records are counted as
+the evaluation reads them: a repeating pipeline reads ahead, so a small
+split's counts can cover more than one pass.
 
 A split that yields no usable record at all (every label out of range, as
 with a wrong label offset or TFDS's unlabelled `test` split) would make a
