@@ -10,6 +10,24 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# A run of seconds: synthetic data, 4 steps an epoch.
+TINY = [
+    "--data_format=synthetic",
+    "--model=resnet8",
+    "--image_size=16",
+    "--num_classes=4",
+    "--batch_size=16",
+    "--train_examples=64",
+    "--eval_examples=32",
+    "--seed=3",
+    "--warmup_epochs=1",
+    "--learning_rate=0.5",
+    "--trust_coefficient=0.01",
+    "--log_every_steps=1",
+    "--verbose=0",
+]
+
+
 def env(**extra):
     """The trainer's environment: quiet TensorFlow, this checkout importable."""
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, **extra)

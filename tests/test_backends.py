@@ -55,6 +55,12 @@ def run(backend, args, timeout=900, **env):
     )
 
 
+def pytest_under(backend, suite, keyword, **env):
+    """`suite`'s tests matching `keyword`, run by pytest under `backend`."""
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-k", keyword]
+    return run(backend, [*args, os.path.join(HERE, suite)], **env)
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize(
     "backend,suite", [("jax", s) for s in SUITES + JAX_ONLY] + [("torch", s) for s in SUITES]
@@ -63,21 +69,7 @@ def test_backend_neutral_suites(backend, suite):
     need(backend)
     # Tests named *tf_distribute* or *input_benchmark* need TensorFlow:
     # left out here, not skipped. (A suite a test: pytest-xdist spreads them.)
-    result = run(
-        backend,
-        [
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:xdist",
-            "-k",
-            "not tf_distribute and not input_benchmark",
-            os.path.join(HERE, suite),
-        ],
-    )
+    result = pytest_under(backend, suite, "not tf_distribute and not input_benchmark")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout
 
@@ -147,20 +139,10 @@ def test_keras_distribution_data_and_model_parallel_match_one_device(tmp_path):
 def test_noise_scale_under_data_parallel_two_devices():
     """The noise scale's known-answer test, the batch split over two JAX devices."""
     need("jax")
-    result = run(
+    result = pytest_under(
         "jax",
-        [
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:xdist",
-            "-k",
-            "in_fit_comes_within",
-            os.path.join(HERE, "test_noise_scale.py"),
-        ],
+        "test_noise_scale.py",
+        "in_fit_comes_within",
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         TF_LARS_TEST_DATA_PARALLEL="1",
     )

@@ -191,16 +191,9 @@ def test_tensorboard_gets_the_smoothed_and_raw_values(tmp_path):
 def test_the_trainer_logs_it_to_tensorboard_and_the_summary(tmp_path):
     """`--log_noise_scale` on either engine (this suite also runs under JAX)."""
     result = helpers.run_trainer(
-        "--data_format=synthetic",
-        "--model=resnet8",
-        "--image_size=16",
-        "--num_classes=4",
-        "--batch_size=16",
-        "--train_examples=64",
-        "--eval_examples=16",
-        "--seed=3",
+        *helpers.TINY,
         "--epochs=3",
-        "--verbose=0",
+        "--log_every_steps=10",  # (the charts below keep their own cadence)
         "--log_noise_scale",
         "--noise_scale_every_steps=2",
         "--noise_scale_micro_batches=2",

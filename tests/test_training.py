@@ -23,21 +23,7 @@ from tf_lars.training import flagfiles  # noqa: E402
 from tf_lars.training import flags as train_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "--data_format=synthetic",
-    "--model=resnet8",
-    "--image_size=16",
-    "--num_classes=4",
-    "--batch_size=16",
-    "--train_examples=64",
-    "--eval_examples=32",
-    "--seed=3",
-    "--warmup_epochs=1",
-    "--learning_rate=0.5",
-    "--trust_coefficient=0.01",
-    "--log_every_steps=1",
-    "--verbose=0",
-]
+TINY = helpers.TINY
 
 
 env = helpers.env
