@@ -464,8 +464,8 @@ def test_noise_scale_runs_and_their_table():
         70.0,  # (75: the first of 70 and 80)
         100.0,
     ]
-    summary["noise_scale"]["curve"][0][1] = None  # (|G|^2 not yet positive)
-    assert noise.at_fraction(summary["noise_scale"], 100, 0.1) == 20.0
+    summary["noise_scale"]["curve"][0][1] = None  # (|G|^2 not positive there)
+    assert noise.at_fraction(summary["noise_scale"], 100, 0.1) is None
 
 
 def test_bad_trials_are_named():

@@ -12,14 +12,19 @@ NOTE = (
     "Gradient noise scale: B_simple = tr(Σ)/|G|² (McCandlish et al. 2018), measured "
     "through training by `--log_noise_scale` in a second run of a chosen trial "
     "(seed 1): each measurement cuts a training batch into 4 parts; the value is "
-    "the moving average (decay 0.9) at that point. Beside it, the largest batch "
-    "each method trained within 1 point of the baseline in the table above."
+    "the moving average (decay 0.9) at that point; undefined where the smoothed "
+    "|G|² is not positive (late in training the true gradient is smaller than "
+    "the noise in its estimate). Beside it, the largest batch each method "
+    "trained within 1 point of the baseline in the table above."
 )
 
 
 def at_fraction(noise, steps, fraction):
-    """The smoothed B_simple of the measurement nearest `fraction` of `steps`."""
-    rows = [row for row in noise["curve"] if row[1] is not None]
+    """The smoothed B_simple of the measurement nearest `fraction` of `steps`;
+    None where it is undefined there (the smoothed |G|^2 not positive: near
+    the end of training the true gradient is smaller than the noise in its
+    estimate), or when nothing was measured."""
+    rows = noise["curve"]
     if not rows:
         return None
     return min(rows, key=lambda row: abs(row[0] - fraction * steps))[1]
@@ -49,7 +54,7 @@ def section(noise, results, chosen, baseline_batch, batch_sizes, methods, output
         theirs = f" ({100 * study['test_top1']:.2f})" if study else ""
         lines.append(
             f"| {LABELS[run.method]}, batch {run.batch_size}, {run.describe()} | "
-            + " | ".join("" if v is None else f"{v:.0f}" for v in values)
+            + " | ".join("undefined" if v is None else f"{v:.0f}" for v in values)
             + f" | {100 * summary['test_top1']:.2f}{theirs} |"
         )
     lines += ["", "| method | largest batch within 1 point of the baseline |", "|---|---|"]
