@@ -31,7 +31,8 @@ release = version = tf_lars.__version__
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon"]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "**/runs", "**/runs-*", "results"]
+# (study-full15/results.md is included in guides/study.md, not a page of its own)
+exclude_patterns = ["_build", "**/runs", "**/runs-*", "results", "study-full15/results.md"]
 myst_heading_anchors = 3
 myst_enable_extensions = ["dollarmath"]
 html_theme = "furo"

@@ -1,6 +1,7 @@
 """The study's noise-scale section: B_simple measured through training
 (`--noise_scale` runs) beside the batch sizes the study found safe."""
 
+import math
 import os
 
 from study.report import LABELS, chosen_scores, largest_within
@@ -57,14 +58,14 @@ def section(noise, results, chosen, baseline_batch, batch_sizes, methods, output
             + " | ".join("undefined" if v is None else f"{v:.0f}" for v in values)
             + f" | {100 * summary['test_top1']:.2f}{theirs} |"
         )
-    lines += ["", "| method | largest batch within 1 point of the baseline |", "|---|---|"]
-    lines += [f"| {LABELS[m]} | {found[m] or 'none'} |" for m in methods]
     name = plot(noise, found, output_dir)
     return "\n".join(lines) + f"\n\n![{name}]({name})"
 
 
 def plot(noise, found, output_dir):
-    """noise_scale.png: B_simple against epochs, the limits as lines; its name."""
+    """noise_scale.png: B_simple against epochs (gaps where it is undefined;
+    the axis ends at 16 times the largest limit), the study's limits as
+    lines; its name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,28 +75,34 @@ def plot(noise, found, output_dir):
     for run, summary in sorted(noise.items(), key=lambda item: item[0].batch_size):
         if summary is None or "noise_scale" not in summary:
             continue
-        rows = [row for row in summary["noise_scale"]["curve"] if row[1] is not None]
         per_epoch = summary["steps"] / summary["epochs_run"]
-        ax.plot(
+        rows = summary["noise_scale"]["curve"]
+        spec = METHODS[run.method]
+        ax.plot(  # (None, undefined, as a gap in the line)
             [row[0] / per_epoch for row in rows],
-            [row[1] for row in rows],
-            METHODS[run.method].style[0] + "-",
-            color=METHODS[run.method].color,
+            [math.nan if row[1] is None else row[1] for row in rows],
+            spec.style[0] + "-",
+            color=spec.color,
             markersize=3,
-            label=f"B_simple: {METHODS[run.method].label}, batch {run.batch_size}",
+            label=f"B_simple: {spec.label}, batch {run.batch_size}",
         )
-    for i, (method, batch) in enumerate(sorted(found.items(), key=lambda item: item[1] or 0)):
+    by_batch = {}
+    for method, batch in found.items():
         if batch:
-            ax.axhline(batch, color=METHODS[method].color, ls=":", lw=1)
-            ax.annotate(
-                f"{METHODS[method].label.split(' +')[0]}: {batch} within 1 point",
-                (0.02, batch),
-                xycoords=("axes fraction", "data"),
-                fontsize=7,
-                va="bottom" if i % 2 == 0 else "top",
-            )
+            by_batch.setdefault(batch, []).append(METHODS[method].label.split(" +")[0])
+    for batch, names in sorted(by_batch.items()):
+        ax.axhline(batch, color="black", ls=":", lw=1)
+        ax.annotate(
+            f"{', '.join(names)}: batch {batch} within 1 point",
+            (0.02, batch),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            va="bottom",
+        )
     ax.set_yscale("log", base=2)
-    ax.set_xlabel("epoch")
+    top = 16 * max(by_batch, default=1024)
+    ax.set_ylim(top=top)
+    ax.set_xlabel(f"epoch (gaps: B_simple undefined; values above {top} off the chart)")
     ax.set_ylabel("B_simple (images)")
     ax.set_title("Gradient noise scale through training")
     ax.grid(alpha=0.3)
