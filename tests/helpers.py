@@ -79,3 +79,11 @@ def dataset(
         bad_records,
         skip,
     )
+
+
+def backup_metadata(run_dir):
+    """What the newest whole backup in `run_dir`/backup says (`epoch`,
+    `batch`, `step`, `seconds`), or None."""
+    from tf_lars.training import checkpoints
+
+    return checkpoints.read_backup(os.path.join(run_dir, "backup"))

@@ -351,7 +351,7 @@ def test_sigterm_twice_ends_like_an_uninterrupted_run(tmp_path):
         assert line.endswith(
             f"backed up in {run / 'backup'}: run the same command to resume there"
         )
-        saved = json.loads((run / "backup" / "training_metadata.json").read_text())
+        saved = helpers.backup_metadata(run)
         # Nothing trained is lost: the backup holds the step it stopped at.
         assert saved["step"] == int(line.split("at step ")[1].split(";")[0])
         stops.append(saved)

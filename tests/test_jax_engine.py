@@ -199,7 +199,7 @@ def test_two_processes_stop_together_on_sigterm_and_resume_to_one_process_weight
     assert "2 devices (cpu) in 2 processes, this is process 1" in outputs[1][1]
     # JAX's preemption sync: both back up and stop at one step.
     steps = {out.strip().splitlines()[-1].split("at step ")[1].split(";")[0] for out, _ in outputs}
-    saved = json.loads((run / "backup" / "training_metadata.json").read_text())
+    saved = helpers.backup_metadata(run)
     assert steps == {str(saved["step"])} and 4 <= saved["step"] < 20, (steps, saved)
     again = start_processes(common, run, tmp_path)
     resumed = finish(again)
@@ -273,7 +273,7 @@ def test_a_killed_process_ends_the_other_within_seconds_with_one_line(tmp_path):
     )
     err, seconds = kill_the_second(run, processes)
     assert processes[0].returncode == 1, err[-3000:]
-    saved = json.loads((run / "backup" / "training_metadata.json").read_text())
+    saved = helpers.backup_metadata(run)
     assert err.strip().splitlines()[-1] == (
         "tf-lars-train: error: another process stopped answering (JaxRuntimeError); the "
         f"last backup is at step {saved['step']} (epoch 1, batch {saved['batch']}) in "

@@ -420,7 +420,7 @@ def test_killed_run_resumes_with_the_same_step_count(tmp_path):
     start = time.time()
     kill_after_backup(args, out)
     first_part = time.time() - start
-    before = json.loads((out / "backup" / "training_metadata.json").read_text())["seconds"]
+    before = helpers.backup_metadata(out)["seconds"]
     assert 0 < before < first_part
     result = train(*args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -485,10 +485,9 @@ def finish(processes, timeout=400):
 def wait_for_step(run, processes, step, timeout=300, key="step"):
     """Returns once the backup in `run` reached `step` (or the epoch, with
     key="epoch"), all `processes` running."""
-    metadata = run / "backup" / "training_metadata.json"
     deadline = time.time() + timeout
     while time.time() < deadline and all(p.poll() is None for p in processes):
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get(key, 0) >= step:
+        if (helpers.backup_metadata(run) or {}).get(key, 0) >= step:
             return
         time.sleep(0.05)
     raise AssertionError(

@@ -3,6 +3,7 @@
 import json
 import signal
 
+import helpers
 import keras
 import pytest
 
@@ -33,7 +34,7 @@ def test_a_killed_worker_ends_its_peer_within_seconds_with_one_line(tmp_path):
     err, seconds = kill_the_second(tmp_path / "run", workers)
     assert workers[0].returncode == 1
     line = err.strip().splitlines()[-1]
-    saved = json.loads((tmp_path / "run" / "backup" / "training_metadata.json").read_text())
+    saved = helpers.backup_metadata(tmp_path / "run")
     assert line == (
         f"tf-lars-train: error: worker 1 stopped answering (UnavailableError); the "
         f"last backup is at step {saved['step']} (epoch 1, batch {saved['batch']}) "
@@ -56,7 +57,7 @@ def test_sigterm_on_one_worker_stops_both_at_one_step_and_both_resume_there(tmp_
             w.kill()
     assert [w.returncode for w in workers] == [75, 75], [e[-2000:] for _, e in outputs]
     steps = {out.strip().splitlines()[-1].split("at step ")[1].split(";")[0] for out, _ in outputs}
-    saved = json.loads((tmp_path / "run" / "backup" / "training_metadata.json").read_text())
+    saved = helpers.backup_metadata(tmp_path / "run")
     assert steps == {str(saved["step"])}  # one step for both: the chief's backup
     assert 0 < saved["batch"] < 20  # inside the first epoch
     resumed = finish(start_workers(tmp_path))

@@ -49,7 +49,7 @@ def prepare(cfg):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tf_lars.training import faults
+    from tf_lars.training import backups, faults
 
     engine, run = prepare(config.from_flags(FLAGS))
     try:
@@ -63,11 +63,15 @@ def main(argv):
             )
             sys.exit(faults.PREEMPTED_EXIT_CODE)
         run.finish(histories, seconds)
-    except engine.op_errors() as e:  # Input and worker faults.
+    except (*engine.op_errors(), backups.BackupError, OSError) as e:
+        # Input and worker faults, a write that failed (a full disk).
         line = run.explain(e)
         if line is None:
             raise
+        run.close()
         engine.exit_with(line)
+    finally:
+        run.close()
 
 
 def run():

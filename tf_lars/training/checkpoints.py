@@ -15,43 +15,18 @@ from typing import Optional
 
 import keras
 
-
-def _gfile():
-    """TensorFlow's file API (remote paths like gs:// too), or None without
-    TensorFlow (the JAX engine), where paths are local files."""
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return None
-    return tf.io.gfile
+from tf_lars.training import backups
 
 
 def _read_text(path):
-    gfile = _gfile()
-    if gfile is None:
-        if not os.path.exists(path):
-            return None
-        with open(path) as f:
-            return f.read()
-    if not gfile.exists(path):
+    fs = backups.files()
+    if not fs.exists(path):
         return None
-    with gfile.GFile(path) as f:
+    with fs.GFile(path) as f:
         return f.read()
 
 
-def write_text_atomically(path, text):
-    """Writes `path` through a rename: readers see the old text or the new."""
-    gfile, partial = _gfile(), path + ".partial"
-    if gfile is None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(partial, "w") as f:
-            f.write(text)
-        os.replace(partial, path)
-        return
-    gfile.makedirs(os.path.dirname(path))
-    with gfile.GFile(partial, "w") as f:
-        f.write(text)
-    gfile.rename(partial, path, overwrite=True)
+write_text_atomically = backups.write_text_atomically
 
 
 # Flags that say where and how a run executes, not what it trains: a
@@ -77,6 +52,8 @@ MAY_CHANGE_ON_RESUME = frozenset(
         "steps_per_execution",
         "deterministic",
         "backup_every_steps",
+        "keep_backups",
+        "force_unlock",
         "coordinator_address",
         "num_processes",
         "process_id",
@@ -111,7 +88,8 @@ def check_resume(model_dir, flag_values):
 
 
 def read_backup(backup_dir):
-    """`{"epoch", "batch", "step"}` of the backup in `backup_dir`, or None.
+    """`{"epoch", "batch", "step"}` of the newest whole backup in
+    `backup_dir` (`backups.latest`), or None.
 
     `epoch` is the epoch the run resumes in and `batch` the batches of it
     already trained (0 for a backup made at an epoch's end); `step` the
@@ -119,8 +97,10 @@ def read_backup(backup_dir):
     over every process the run was resumed through (both absent from
     backups of older versions).
     """
-    text = _read_text(os.path.join(backup_dir, "training_metadata.json"))
-    return None if text is None else json.loads(text)
+    version = backups.latest(backup_dir)
+    if version is None:
+        return None
+    return {k: v for k, v in version.metadata.items() if k != "weights"}
 
 
 def resume_position(backup_dir, steps_per_epoch):
@@ -171,6 +151,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     `every_steps` > 0 also backs up every that many steps, at the run's
     `position` (a `position.Position`); `steps_per_epoch` tells a backup at
     an epoch's last batch to resume in the next epoch.
+
+    Each backup is a new version beside the last `keep` (`backups`): a
+    write cut short leaves the previous version to resume, and a failed
+    one raises `backups.BackupError`.
     """
 
     def __init__(
@@ -181,9 +165,11 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         steps_per_epoch=None,
         mirror_dir=None,
         position=None,
+        keep=2,
         **kwargs,
     ):
         super().__init__(backup_dir, **kwargs)
+        self.keep = keep
         self.chief = chief
         self.position = position
         # Under JAX with several processes, saving reads the model's state in
@@ -206,7 +192,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _load_model(self):
         first = self._clock is None
-        super()._load_model()
+        self._restore()
         if first:
             self._clock = time.time()
             if getattr(self.model, "_initial_epoch", None) is not None:
@@ -216,6 +202,17 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             self.resumed_from_epoch = getattr(self.model, "_initial_epoch", None)
             if self.resumed_from_epoch is not None:
                 self.resumed_at_step = self._steps()
+
+    def _restore(self):
+        """Loads the newest whole version (Keras's own `_load_model` reads one
+        fixed file)."""
+        version = backups.latest(self.backup_dir)
+        if version is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(version.weights)
+        self.model._initial_epoch = version.metadata["epoch"]
 
     def on_epoch_end(self, epoch, logs=None):
         self.save(epoch + 1, 0)
@@ -239,15 +236,18 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 )
                 self._last_saved = (epoch, batch, step)
             return
-        gfile = _gfile()
-        (gfile.makedirs if gfile else lambda d: os.makedirs(d, exist_ok=True))(self.backup_dir)
-        self.model.save_weights(filepath=self._weights_path, overwrite=True)
-        # Written after the weights, through a rename: a backup is never
-        # described by metadata of another one.
+        # Weights and metadata go into a new version, committed by its
+        # metadata (`backups.write`): a backup is never described by metadata
+        # of another one, and a cut write leaves the previous one whole.
         metadata = {"epoch": epoch, "batch": batch, "step": step}
         if self.seconds_before is not None and self._clock is not None:
             metadata["seconds"] = round(self.seconds_before + time.time() - self._clock, 3)
-        write_text_atomically(self._training_metadata_path, json.dumps(metadata))
+        backups.write(
+            self.backup_dir,
+            lambda path: self.model.save_weights(path, overwrite=True),
+            metadata,
+            self.keep,
+        )
         self._last_saved = (epoch, batch, step)
 
     def seconds_in_all(self, seconds):
@@ -260,7 +260,28 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_train_end(logs)
 
 
+def save_through_rename(path, save):
+    """`save(partial)`, then a rename onto `path`: readers (and a run killed
+    while saving) see a whole file, the old one or the new."""
+    folder, name = os.path.split(path)
+    partial = os.path.join(folder, ".partial-" + name)  # (Keras wants the suffix kept)
+    save(partial)
+    backups.files().rename(partial, path, overwrite=True)
+
+
+class SaveModel(keras.callbacks.Callback):
+    """The full model at `path` after every epoch, through a rename (Keras's
+    `ModelCheckpoint` writes the file in place: a kill cuts it)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_through_rename(self.path, lambda p: self.model.save(p, overwrite=True))
+
+
 def checkpoint_callback(model_dir, chief, scratch_dir):
     """The full model (`checkpoint.keras`) after every epoch, chief-side."""
     folder = model_dir if chief else scratch_dir
-    return keras.callbacks.ModelCheckpoint(os.path.join(folder, "checkpoint.keras"))
+    return SaveModel(os.path.join(folder, "checkpoint.keras"))

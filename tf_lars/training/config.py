@@ -88,6 +88,8 @@ class TrainConfig:
     noise_scale_every_steps: int = 100
     noise_scale_micro_batches: int = 0
     backup_every_steps: int = 0
+    keep_backups: int = 2
+    force_unlock: bool = False
     log_every_steps: int = 10
     precise_bn_images: int = 0
     eval_every_epochs: int = 1

@@ -11,11 +11,14 @@
 * `worker_failure`: which peer a collective's or coordination error blames.
 """
 
+import errno
 import re
 import signal
 import threading
 
 import keras
+
+from tf_lars.training import backups
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: start the same command again.
 _STOP_KEY = "tf_lars_stop_at_step"
@@ -129,10 +132,13 @@ def explain(error, data, engine, bad_records, backup_dir):
     """The one line for an error the user can act on, or None.
 
     Input faults (`pipeline.explain`: bad records under --strict_data, a
-    split with no usable record) name the shard and the flags; a peer that
-    stopped answering (the engine judges the error) names it and where the
+    split with no usable record) name the shard and the flags; a write that
+    failed (a backup, a full disk) names the file; a peer that stopped
+    answering (the engine judges the error) names it. Both say where the
     last backup stands.
     """
+    if isinstance(error, (OSError, backups.BackupError)):
+        return _write_failure(error, backup_dir)
     if data.data_format != "synthetic":  # (synthetic data has no shards to blame)
         from tf_lars.data import pipeline, schema
 
@@ -145,15 +151,32 @@ def explain(error, data, engine, bad_records, backup_dir):
     lost = engine.lost_peer(error)
     if lost is None:
         return None
+    return (
+        f"{lost or 'another ' + engine.peer} stopped answering ({type(error).__name__}); "
+        f"{backup_position(backup_dir)} in {backup_dir}: start all {engine.peers} again "
+        "with the same command to resume"
+    )
+
+
+def backup_position(backup_dir):
+    """'the last backup is at step S (epoch E, batch B)', or that none was made."""
     from tf_lars.training import checkpoints
 
     saved = checkpoints.read_backup(backup_dir)
-    where = "no backup was made yet"
-    if saved and "step" in saved:
-        batch = f", batch {saved['batch']}" if saved.get("batch") else ""
-        where = f"the last backup is at step {saved['step']} (epoch {saved['epoch'] + 1}{batch})"
+    if not (saved and "step" in saved):
+        return "no backup was made yet"
+    batch = f", batch {saved['batch']}" if saved.get("batch") else ""
+    return f"the last backup is at step {saved['step']} (epoch {saved['epoch'] + 1}{batch})"
+
+
+def _write_failure(error, backup_dir):
+    """A failed backup's own line; a full disk or quota anywhere else, named."""
+    if not isinstance(error, OSError):  # backups.BackupError says it all
+        return str(error)
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
     return (
-        f"{lost or 'another ' + engine.peer} stopped answering ({type(error).__name__}); "
-        f"{where} in {backup_dir}: start all {engine.peers} again with the same command "
-        "to resume"
+        f"could not write {error.filename or 'a file of the run'} ({error.strerror}); "
+        f"{backup_position(backup_dir)} in {backup_dir}: free space, then run the same "
+        "command to resume"
     )

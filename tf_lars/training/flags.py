@@ -240,6 +240,19 @@ def define(flag_values=flags.FLAGS):
         "last backup's step. SIGTERM always backs up before stopping.",
         lower_bound=0,
     )
+    d.DEFINE_integer(
+        "keep_backups",
+        2,
+        "Backup versions kept in --model_dir/backup: each backup is written beside "
+        "the last, so a write cut short resumes from the one before.",
+        lower_bound=1,
+    )
+    d.DEFINE_boolean(
+        "force_unlock",
+        False,
+        "Take over --model_dir's lock even when its holder may be alive (another "
+        "host): only when you know that trainer has ended.",
+    )
     d.DEFINE_integer("log_every_steps", 10, "Steps between step-level TensorBoard logs.")
     d.DEFINE_integer(
         "precise_bn_images",

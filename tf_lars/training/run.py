@@ -9,6 +9,7 @@ position (`position.Position`); `summary.Summary` is its report.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
@@ -24,7 +25,7 @@ from absl import logging
 
 from tf_lars import monitoring
 from tf_lars.data.counts import BadRecords
-from tf_lars.training import checkpoints, faults, inputs, recipe
+from tf_lars.training import checkpoints, faults, inputs, lock, recipe
 from tf_lars.training.config import Plan, TrainConfig
 from tf_lars.training.engines import Engine, has_tensorflow, machine
 from tf_lars.training.position import Position, StopAtStep
@@ -84,6 +85,7 @@ class TrainingRun:
         self.position = Position()
         self.precise: Optional[Any] = None
         self.noise: Optional[Any] = None
+        self.lock: Optional[lock.RunLock] = None
 
     @classmethod
     def prepare(
@@ -102,6 +104,7 @@ class TrainingRun:
         run = cls(cfg, engine)
         vars(run).update(parts)
         run._check_folder()
+        engine.watch_peers(run.peer_frozen)
         if data is None:
             data = inputs.spec_of(cfg)
             inputs.check_splits(data, cfg)
@@ -115,11 +118,35 @@ class TrainingRun:
         return run
 
     def _check_folder(self) -> None:
+        """The chief locks the run folder (one trainer per folder), then every
+        process checks that a run to resume there had these flags."""
         cfg = self.cfg
         if self.engine.chief and not cfg.model_dir:
             raise ValueError("--model_dir is needed: where logs, checkpoints and the model go")
+        if cfg.model_dir and self.engine.chief:
+            self.lock = lock.RunLock(cfg.model_dir, cfg.force_unlock)
+            self.lock.acquire()
+            atexit.register(self.close)  # (`close` is the way out; this, the fallback)
         if cfg.model_dir:
             checkpoints.check_resume(cfg.model_dir, cfg.as_flags())
+
+    def close(self) -> None:
+        """Gives the run folder up (its lock) for the next trainer; the
+        peers stop watching this process."""
+        self.engine.stop_watching()
+        if self.lock is not None:
+            self.lock.release()
+
+    def peer_frozen(self, peer: str, seconds: float) -> None:
+        """Ends this process with one line: `peer` sent no heartbeat for
+        `seconds` (the engine's `watch_peers`)."""
+        backup_dir = os.path.join(self.cfg.model_dir or "", "backup")
+        self.close()
+        self.engine.exit_with(
+            f"{peer} stopped answering (no heartbeat for {seconds:.0f} s); "
+            f"{faults.backup_position(backup_dir)} in {backup_dir}: start all "
+            f"{self.engine.peers} again with the same command to resume"
+        )
 
     def _build_model(self) -> Any:
         cfg = self.cfg
@@ -263,6 +290,7 @@ class TrainingRun:
             steps_per_epoch=plan.steps_per_epoch,
             mirror_dir=self.engine.backup_mirror_dir(self.scratch),
             position=self.position,
+            keep=cfg.keep_backups,
             delete_checkpoint=False,
         )
         self.skipped: Optional[monitoring.SkippedRecords] = None
@@ -512,7 +540,7 @@ class TrainingRun:
                 "Give a new --model_dir to train again."
             )
             return
-        self.network.save(os.path.join(self.out, "model.keras"))
+        checkpoints.save_through_rename(os.path.join(self.out, "model.keras"), self.network.save)
         if self.engine.chief:
             summary.write(self.out)
         print(self.last_line(summary), flush=True)

@@ -67,6 +67,17 @@ class Engine(abc.ABC):
         """Why `--log_noise_scale` cannot run on this engine, or None."""
         return None
 
+    def watch_peers(self, on_lost: Callable[[str, float], None]) -> None:
+        """Calls `on_lost(peer, seconds)` when a peer stops answering for
+        `seconds` while staying alive (frozen). Nothing by default: under
+        tf.distribute the coordination service raises an error the trainer
+        explains."""
+        return None
+
+    def stop_watching(self) -> None:
+        """This process ends normally: the peers stop watching it."""
+        return None
+
     def preemption_channel(self) -> dict[str, Any]:
         """`faults.Preemption`'s keyword arguments that make the processes agree
         on the step to stop at after a SIGTERM (empty for one process)."""

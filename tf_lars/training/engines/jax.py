@@ -108,6 +108,7 @@ class JaxEngine(Engine):
         self.devices = devices
         self.num_replicas_in_sync = len(devices)
         self.distribution = None
+        self._heartbeat: Optional[Any] = None
         if len(devices) > 1:
             # Each process's input is already its own part (see the module's
             # docstring): Keras must not cut a global stream.
@@ -162,6 +163,23 @@ class JaxEngine(Engine):
                 "measure on one host (its devices split the batch), then train on all"
             )
         return None
+
+    def watch_peers(self, on_lost: Callable[[str, float], None]) -> None:
+        """With several processes, tf_lars's heartbeats (`heartbeat`): a frozen
+        process ends the others within seconds, not jax.distributed's abort."""
+        if self.num_processes == 1:
+            return
+        from jax._src import distributed
+
+        from tf_lars.training.engines.heartbeat import Heartbeat
+
+        client = distributed.global_state.client
+        self._heartbeat = Heartbeat(client, self.process_id, self.num_processes, on_lost)
+        self._heartbeat.start()
+
+    def stop_watching(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
 
     def preemption_channel(self) -> dict[str, Any]:
         """With several processes, JAX's agreement on where to stop after a
