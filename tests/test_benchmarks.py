@@ -156,3 +156,23 @@ def test_noise_scale_benchmark_runs_and_refuses_a_setting_it_cannot_time(tmp_pat
         .splitlines()[-1]
         .endswith("--micro_batches=3: give 2 or more dividing --batch_size")
     )
+
+
+def test_backup_benchmark_writes_versions_and_reports_their_cost(tmp_path):
+    out = tmp_path / "backups.json"
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    tool = os.path.join(ROOT, "tools", "benchmark_backups.py")
+    small = ["--model=resnet8", "--image_size=28", "--channels=1", "--num_classes=10"]
+    result = subprocess.run(
+        [sys.executable, tool, *small, "--repeats=3", f"--dir={tmp_path}", f"--out={out}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["ratio"] == pytest.approx(r["versioned_s"] / r["keras_in_place_s"])
+    assert r["kept"] == ["step-0000000002", "step-0000000003"]  # the last 2 of 3
+    assert r["weights_bytes"] == os.path.getsize(tmp_path / "in_place" / "latest.weights.h5")
+    assert "versioned / in place" in result.stdout

@@ -285,6 +285,36 @@ def test_a_killed_process_ends_the_other_within_seconds_with_one_line(tmp_path):
 
 
 @pytest.mark.heavy
+def test_a_frozen_process_ends_the_other_within_the_heartbeat_timeout(tmp_path):
+    from test_worker_faults import freeze_the_second
+
+    run = tmp_path / "run"
+    processes = start_processes(
+        [
+            *TINY,
+            "--epochs=3",
+            "--train_examples=320",
+            "--eval_every_epochs=0",
+            "--backup_every_steps=2",
+        ],
+        run,
+        tmp_path,
+    )
+    err, seconds = freeze_the_second(run, processes)
+    assert processes[0].returncode == 1, err[-3000:]
+    saved = helpers.backup_metadata(run)
+    assert err.strip().splitlines()[-1] == (
+        "tf-lars-train: error: process 1 stopped answering (no heartbeat for 15 s); the "
+        f"last backup is at step {saved['step']} (epoch 1, batch {saved['batch']}) in "
+        f"{run / 'backup'}: start all processes again with the same command to resume"
+    )
+    assert "Traceback" not in err
+    # tf_lars's heartbeats: 15 s, checked every second (jax.distributed's own
+    # would abort after 100 s with a stack dump).
+    assert 14 < seconds < 40, seconds
+
+
+@pytest.mark.heavy
 def test_a_killed_jax_run_resumes_with_the_same_step_count(tmp_path):
     out = tmp_path / "run"
     args = [

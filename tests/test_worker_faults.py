@@ -2,6 +2,7 @@
 
 import json
 import signal
+import time
 
 import helpers
 import keras
@@ -72,3 +73,34 @@ def test_sigterm_on_one_worker_stops_both_at_one_step_and_both_resume_there(tmp_
         weights_of(tmp_path / "scratch1" / "model.keras", trainable_only=True),
     ):
         assert (a == b).all()
+
+
+def freeze_the_second(run, processes, step=4):
+    """SIGSTOPs processes[1] once the backup reached `step`: the stderr of
+    processes[0] and the seconds it took to end after the freeze."""
+    try:
+        wait_for_step(run, processes, step)
+        processes[1].send_signal(signal.SIGSTOP)
+        frozen = time.time()
+        _, err = processes[0].communicate(timeout=120)
+        return err, time.time() - frozen
+    finally:
+        for p in processes:
+            p.kill()
+
+
+@pytest.mark.heavy
+def test_a_frozen_worker_ends_its_peer_within_the_heartbeat_timeout(tmp_path):
+    workers = start_workers(tmp_path)
+    err, seconds = freeze_the_second(tmp_path / "run", workers)
+    assert workers[0].returncode == 1, err[-3000:]
+    saved = helpers.backup_metadata(tmp_path / "run")
+    assert err.strip().splitlines()[-1] == (
+        f"tf-lars-train: error: worker 1 stopped answering (UnavailableError); the "
+        f"last backup is at step {saved['step']} (epoch 1, batch {saved['batch']}) "
+        f"in {tmp_path / 'run' / 'backup'}: start all workers again with the same "
+        "command to resume"
+    ), err[-3000:]
+    assert "Traceback" not in err
+    # TensorFlow's coordination service: 10 s without heartbeats (measured: 7.5 s).
+    assert seconds < 40, seconds

@@ -62,6 +62,7 @@ VERDICTS = [
     "tests/test_study.py::test_the_verdicts_on_methods_above_level_with_and_below_the_baseline"
 ]
 CLAIMS = ["tests/test_study.py::test_a_run_is_claimed_by_one_shard_only"]
+FOLDER = ["tests/test_run_folder.py"]
 
 # (what, file, the code as it is, the bug, the suites that should catch it)
 MUTATIONS = [
@@ -286,6 +287,41 @@ MUTATIONS = [
         "y_pred, _ = model.stateless_call(trainable, frozen, x, training=True)\n            value",
         "y_pred = model(x, training=True)\n            value",
         NOISE,
+    ),
+    (
+        "Backups: the size checked, not the hash (a changed byte resumes)",
+        "tf_lars/training/backups.py",
+        '(size, sha) == (expected["bytes"], expected["sha256"])',
+        'size == expected["bytes"]',
+        FOLDER,
+    ),
+    (
+        "Backups: a version trusted once its metadata exists, its weights unchecked",
+        "tf_lars/training/backups.py",
+        "        why = problem(folder)\n",
+        "        why = None if files().exists(os.path.join(folder, METADATA)) else 'cut'\n",
+        FOLDER,
+    ),
+    (
+        "Backups: the oldest versions kept instead of the newest",
+        "tf_lars/training/backups.py",
+        "ours = sorted((n for n in names if n.startswith(PREFIX)), reverse=True)",
+        "ours = sorted(n for n in names if n.startswith(PREFIX))",
+        FOLDER,
+    ),
+    (
+        "Lock: taken without an exclusive create (two trainers both win)",
+        "tf_lars/training/lock.py",
+        "os.O_CREAT | os.O_EXCL | os.O_WRONLY",
+        "os.O_CREAT | os.O_TRUNC | os.O_WRONLY",
+        FOLDER,
+    ),
+    (
+        "Heartbeat: a peer's silence measured from the start, not from its last beat",
+        "tf_lars/training/engines/heartbeat.py",
+        "self.seen[peer] = (value, now)",
+        "self.seen[peer] = (value, self.seen[peer][1])",
+        FOLDER,
     ),
 ]
 

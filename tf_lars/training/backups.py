@@ -123,7 +123,8 @@ def version_folders(backup_dir: str) -> list[str]:
     return [os.path.join(backup_dir, n) for n in ours]
 
 
-def _sha256(path: str) -> tuple[int, str]:
+def digest(path: str) -> tuple[int, str]:
+    """The size of the file at `path` and its SHA-256 (hex)."""
     digest, size = hashlib.sha256(), 0
     with files().GFile(path, "rb") as f:
         while True:
@@ -166,7 +167,7 @@ def problem(folder: str) -> Optional[str]:
         key = _key(folder, text)
         if key not in _checked:
             expected = json.loads(text)["weights"]
-            size, sha = _sha256(weights)
+            size, sha = digest(weights)
             _checked[key] = (
                 None
                 if (size, sha) == (expected["bytes"], expected["sha256"])
@@ -230,7 +231,7 @@ def write(
         if is_local(weights):
             with open(weights, "rb+") as f:
                 os.fsync(f.fileno())
-        size, sha = _sha256(weights)
+        size, sha = digest(weights)
         text = json.dumps(dict(metadata, weights={"bytes": size, "sha256": sha}))
         write_text_atomically(os.path.join(folder, METADATA), text)
     except OSError as e:
