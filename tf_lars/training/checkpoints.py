@@ -35,6 +35,7 @@ write_text_atomically = backups.write_text_atomically
 MAY_CHANGE_ON_RESUME = frozenset(
     {
         "data_dir",
+        "data_service",
         "strategy",
         "tpu",
         "collective_communication",

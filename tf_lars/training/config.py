@@ -29,6 +29,7 @@ class TrainConfig:
     model: ModelName = "resnet50"
     zero_init_residual: bool = True
     data_dir: Optional[str] = None
+    data_service: Optional[str] = None
     data_format: Literal["imagenet", "tfds", "fashion_mnist", "synthetic"] = "imagenet"
     image_size: Optional[int] = None
     num_classes: Optional[int] = None

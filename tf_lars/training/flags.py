@@ -47,6 +47,13 @@ def define(flag_values=flags.FLAGS):
         "Start each residual block's last BatchNorm gamma at 0 (Goyal et al.).",
     )
     d.DEFINE_string("data_dir", None, "Folder of TFRecord shards (not for synthetic data).")
+    d.DEFINE_string(
+        "data_service",
+        None,
+        "HOST:PORT of a tf.data service dispatcher (tools/data_service.py): its "
+        "workers decode the training shards (read by the same --data_dir path) and "
+        "the trainer reads finished batches. Evaluation stays here.",
+    )
     d.DEFINE_enum(
         "data_format",
         "imagenet",

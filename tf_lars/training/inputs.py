@@ -201,7 +201,14 @@ def synthetic(data, context, global_batch_size, skip_steps=0):
 
 
 def dataset_fn(
-    data, global_batch_size, training, bad_records=None, split=None, autotune=True, skip_steps=0
+    data,
+    global_batch_size,
+    training,
+    bad_records=None,
+    split=None,
+    autotune=True,
+    skip_steps=0,
+    service=None,
 ):
     """A function of `tf.distribute.InputContext`, for
     `strategy.distribute_datasets_from_function`, yielding uint8 images
@@ -218,6 +225,10 @@ def dataset_fn(
     stream (synthetic data, or shards with a seed) starts after them, as an
     uninterrupted run would go on; an unseeded one is random anyway and
     starts afresh.
+
+    `service`: `(address, run folder)` of a tf.data service that decodes the
+    training shards instead (`tf_lars.data.service`); every consumer joins
+    the run's job and the service splits the shards between its workers.
     """
     import tensorflow as tf
 
@@ -250,11 +261,28 @@ def dataset_fn(
                 cache_eval=data.cache_eval,
                 repeat=True,
             )
-            ds = pipeline.make_dataset(spec, global_batch_size, context, bad_records, skip)
+            if service and training:
+                ds = _through_service(spec, global_batch_size, context, service, skip_steps)
+            else:
+                ds = pipeline.make_dataset(spec, global_batch_size, context, bad_records, skip)
         ds = ds.map(_one_hot(data.num_classes)).prefetch(tf.data.AUTOTUNE)
         return ds.with_options(options)
 
     return make
+
+
+def _through_service(spec, global_batch_size, context, service, skip_steps):
+    """The training pipeline run by the tf.data service: all shards (the
+    service splits them), this consumer's replicas' batches."""
+    import tensorflow as tf
+
+    from tf_lars.data import pipeline
+    from tf_lars.data import service as data_service
+
+    address, run_folder = service
+    whole = tf.distribute.InputContext(1, 0, context.num_replicas_in_sync)
+    ds = pipeline.make_dataset(spec, global_batch_size, whole)
+    return data_service.distribute(ds, address, data_service.job_name(run_folder, skip_steps))
 
 
 class SyntheticBatches(keras.utils.PyDataset):

@@ -36,11 +36,28 @@ def check_config(cfg: TrainConfig) -> None:
     """The settings that are wrong whatever the machine."""
     if cfg.deterministic and cfg.seed is None:
         raise ValueError("--deterministic needs --seed: give both, e.g. --seed=1")
+    if cfg.data_service:
+        check_service(cfg)
     if cfg.log_noise_scale and cfg.noise_scale_micro_batches == 1:
         raise ValueError(
             "--noise_scale_micro_batches=1 cannot estimate the noise scale, which "
             "needs two batch sizes: give 2 or more (or 0 for the default)"
         )
+
+
+def check_service(cfg: TrainConfig) -> None:
+    """What `--data_service` cannot do (see `tf_lars.data.service`)."""
+    if cfg.data_format == "synthetic":
+        raise ValueError(
+            "--data_service decodes shards: give --data_format and --data_dir "
+            "(synthetic data is made where it trains)"
+        )
+    for flag, why in (
+        ("deterministic", "the service's workers race for shards, so the order cannot repeat"),
+        ("strict_data", "records are checked in the service's workers; it would not stop here"),
+    ):
+        if getattr(cfg, flag):
+            raise ValueError(f"--{flag} with --data_service: {why}; drop one of them")
 
 
 def noise_scale_parts(cfg: TrainConfig, replicas: int) -> int:
@@ -105,6 +122,10 @@ class TrainingRun:
         vars(run).update(parts)
         run._check_folder()
         engine.watch_peers(run.peer_frozen)
+        if cfg.data_service:
+            from tf_lars.data import service
+
+            service.check_answers(cfg.data_service)
         if data is None:
             data = inputs.spec_of(cfg)
             inputs.check_splits(data, cfg)
@@ -186,6 +207,9 @@ class TrainingRun:
             made = self.engine.synthetic_batches(self.data, global_batch, steps, skip_steps)
             if made is not None:
                 return made
+        service = (
+            (self.cfg.data_service, self.cfg.model_dir or "") if self.cfg.data_service else None
+        )
         return self.engine.distribute(
             inputs.dataset_fn(
                 self.data,
@@ -195,6 +219,7 @@ class TrainingRun:
                 split,
                 autotune=autotune,
                 skip_steps=skip_steps,
+                service=service,
             )
         )
 
