@@ -93,6 +93,7 @@ def test_input_benchmark_runs_on_synthetic_photos_and_names_bad_input(tmp_path):
         "--batch_size=8",
         "--seconds=0.3",
         "--repeats=1",
+        "--data_service",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ratios = {
@@ -104,7 +105,11 @@ def test_input_benchmark_runs_on_synthetic_photos_and_names_bad_input(tmp_path):
         "ratio pipeline (float32) / bare decode",
         "ratio pipeline (uint8) / bare decode",
         "ratio per-image work alone / bare decode",
+        "ratio service / in-process pipeline (uint8)",
     }
+    assert 0.01 < ratios["ratio service / in-process pipeline (uint8)"] < 100
+    # 64 x 64 x 3 uint8 pixels and an int32 label an image.
+    assert "bytes per image through the service: 12,292 (before compression)" in result.stdout
     # Rates over the bare decode's: the training pipeline does the per-image
     # work and more (reading, parsing), so it is not faster than that work
     # alone (twice allowed for 0.3 s windows on a busy machine).
@@ -176,3 +181,23 @@ def test_backup_benchmark_writes_versions_and_reports_their_cost(tmp_path):
     assert r["kept"] == ["step-0000000002", "step-0000000003"]  # the last 2 of 3
     assert r["weights_bytes"] == os.path.getsize(tmp_path / "in_place" / "latest.weights.h5")
     assert "versioned / in place" in result.stdout
+
+
+def test_trainer_benchmark_times_the_trainer_against_a_bare_fit(tmp_path):
+    out = tmp_path / "trainer.json"
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    tool = os.path.join(ROOT, "tools", "benchmark_trainer.py")
+    small = ["--batch_size=16", "--steps_per_epoch=3", "--epochs=2", "--repeats=1"]
+    result = subprocess.run(
+        [sys.executable, tool, *small, "--no-per_callback", f"--out={out}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["rates"]) == {"bare", "trainer", "trainer, --log_trust_ratios"}
+    assert r["ratios"]["trainer"] == pytest.approx(r["rates"]["trainer"] / r["rates"]["bare"])
+    # The trainer's callbacks, in the order it runs them.
+    assert r["callbacks"][:2] == ["Position", "StopOnNaN"] and r["callbacks"][-1] == "Preemption"

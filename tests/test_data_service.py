@@ -174,3 +174,38 @@ def test_what_the_service_cannot_do_is_refused_in_one_line(tmp_path, flag, messa
     result = helpers.run_trainer(*SHARDS(tmp_path), "--seed=1", flag, "--data_service=x:1")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"tf-lars-train: error: {message}"
+
+
+@pytest.mark.heavy
+def test_two_multi_worker_trainers_consume_one_job(cluster, tmp_path):
+    from test_training import finish, start_workers
+
+    address, _ = cluster
+    write_shards(tmp_path / "shards", shards=8, per_shard=8, label_of=lambda s, k: k % 10)
+    write_shards(tmp_path / "shards", "validation", shards=2, per_shard=8)
+    args = [
+        *SHARDS(tmp_path, epochs=2)[:-1],  # (start_workers gives the folders)
+        "--strategy=multi_worker_mirrored",
+        "--batch_size=16",
+        f"--data_service={address}",
+    ]
+    outputs = finish(start_workers(args, tmp_path / "run", tmp_path))
+    assert all("Traceback" not in err for _, err in outputs), outputs[0][1][-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 * 4  # 64 images an epoch at batch 16
+
+
+@pytest.mark.heavy
+def test_two_jax_processes_consume_one_job(cluster, tmp_path):
+    pytest.importorskip("jax")
+    from test_jax_engine import start_processes
+    from test_training import finish
+
+    address, _ = cluster
+    write_shards(tmp_path / "shards", shards=8, per_shard=8, label_of=lambda s, k: k % 10)
+    write_shards(tmp_path / "shards", "validation", shards=2, per_shard=8)
+    args = [*SHARDS(tmp_path, epochs=2)[:-1], "--batch_size=16", f"--data_service={address}"]
+    outputs = finish(start_processes(args, tmp_path / "run", tmp_path))
+    assert all("Traceback" not in err for _, err in outputs), outputs[0][1][-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 * 4

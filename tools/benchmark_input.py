@@ -14,6 +14,10 @@ of each, the median reported; a shared machine's load drifts):
      uint8), on the JPEGs in memory: the share of the ceiling left once the
      image work is paid for, before reading and parsing the shards.
 Prints images per second, per core, and the ratios to the bare decode.
+With --data_service, also:
+  4. the uint8 training pipeline run by a tf.data service worker (another
+     process on this machine) and read over gRPC, against 2.; and the bytes
+     a batch carries per image (before the service's compression).
 --synthetic_dir writes ImageNet-sized synthetic photos (smooth, 500x375)
 there first, for machines without ImageNet.
 
@@ -60,6 +64,13 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("max_images", 4000, "JPEGs held in memory for the bare decode.")
 flags.DEFINE_float("seconds", 10.0, "Time each measurement for about this long.")
 flags.DEFINE_integer("repeats", 3, "Rounds of measurements (medians are reported).")
+flags.DEFINE_boolean(
+    "data_service",
+    False,
+    "Also time the uint8 training pipeline through a tf.data service: a "
+    "dispatcher in this process and one worker in another (tools/data_service.py) "
+    "on this machine, against the same pipeline in this process.",
+)
 
 
 def synthetic_photo(index, grain=20.0):
@@ -175,10 +186,13 @@ def measure():
         "float32": lambda: train("float32"),
         "uint8": lambda: train("uint8"),
     }
+    if FLAGS.data_service:
+        makers["service"] = through_service(lambda: train("uint8"))
     rounds = {name: [] for name in makers}
     for _ in range(FLAGS.repeats):
         for name, make in makers.items():
             rounds[name].append(rate(iter(make()), FLAGS.batch_size, FLAGS.seconds))
+    service_rate = statistics.median(rounds.pop("service")) if FLAGS.data_service else None
     bare_rate = statistics.median(rounds.pop("bare"))
     work_rate = statistics.median(rounds.pop("work"))
     train_rates = {dtype: statistics.median(values) for dtype, values in rounds.items()}
@@ -208,6 +222,41 @@ def measure():
     for dtype, value in train_rates.items():
         print(f"ratio pipeline ({dtype}) / bare decode: {value / bare_rate:.3f}")
     print(f"ratio per-image work alone / bare decode: {work_rate / bare_rate:.3f}")
+    if service_rate is not None:
+        per_image = FLAGS.image_size**2 * FLAGS.channels + 4  # uint8 pixels, an int32 label
+        print(
+            f"| training pipeline through the tf.data service (uint8, one local worker) "
+            f"| {service_rate:.0f} | {service_rate / cores:.0f} |"
+        )
+        print(
+            f"ratio service / in-process pipeline (uint8): "
+            f"{service_rate / train_rates['uint8']:.3f}"
+        )
+        print(f"bytes per image through the service: {per_image:,} (before compression)")
+
+
+def through_service(make):
+    """A maker of `make()`'s pipeline run by a tf.data service worker in
+    another process (each call a new job: a measurement starts afresh)."""
+    import subprocess
+
+    from tf_lars.data import service
+
+    dispatcher = tf.data.experimental.service.DispatchServer()
+    address = dispatcher.target.split("://")[1]
+    tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data_service.py")
+    worker = subprocess.Popen(
+        [sys.executable, tool, "worker", f"--dispatcher={address}", "--host=127.0.0.1"]
+    )
+    import atexit
+
+    atexit.register(worker.kill)
+    jobs = iter(range(1 << 30))
+
+    def maker(server=dispatcher):  # (holds the dispatcher: it stops when collected)
+        return service.distribute(make(), address, f"benchmark-{next(jobs)}")
+
+    return maker
 
 
 if __name__ == "__main__":
