@@ -87,3 +87,14 @@ def backup_metadata(run_dir):
     from tf_lars.training import checkpoints
 
     return checkpoints.read_backup(os.path.join(run_dir, "backup"))
+
+
+def lost_peer_line(run_dir, lost, peers):
+    """The trainer's last line when `lost` (e.g. "worker 1 stopped answering
+    (UnavailableError)") ended a run of `peers` inside its second epoch."""
+    saved = backup_metadata(run_dir)
+    return (
+        f"tf-lars-train: error: {lost}; the last backup is at step {saved['step']} "
+        f"(epoch 1, batch {saved['batch']}) in {os.path.join(run_dir, 'backup')}: start "
+        f"all {peers} again with the same command to resume"
+    )

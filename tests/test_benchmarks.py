@@ -70,15 +70,20 @@ def test_optimizer_benchmark_runs_and_counts_the_bytes(tmp_path):
         assert r["fit_step_ms"][name] < 60_000
 
 
-def run_input_benchmark(*args):
+def run_tool(name, *args):
+    """`tools/<name>` with `args`, run to its end: the completed process."""
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "benchmark_input.py"), *args],
+        [sys.executable, os.path.join(ROOT, "tools", name), *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def run_input_benchmark(*args):
+    return run_tool("benchmark_input.py", *args)
 
 
 @pytest.mark.skipif(
@@ -165,15 +170,9 @@ def test_noise_scale_benchmark_runs_and_refuses_a_setting_it_cannot_time(tmp_pat
 
 def test_backup_benchmark_writes_versions_and_reports_their_cost(tmp_path):
     out = tmp_path / "backups.json"
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    tool = os.path.join(ROOT, "tools", "benchmark_backups.py")
     small = ["--model=resnet8", "--image_size=28", "--channels=1", "--num_classes=10"]
-    result = subprocess.run(
-        [sys.executable, tool, *small, "--repeats=3", f"--dir={tmp_path}", f"--out={out}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_tool(
+        "benchmark_backups.py", *small, "--repeats=3", f"--dir={tmp_path}", f"--out={out}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -185,16 +184,8 @@ def test_backup_benchmark_writes_versions_and_reports_their_cost(tmp_path):
 
 def test_trainer_benchmark_times_the_trainer_against_a_bare_fit(tmp_path):
     out = tmp_path / "trainer.json"
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    tool = os.path.join(ROOT, "tools", "benchmark_trainer.py")
     small = ["--batch_size=16", "--steps_per_epoch=3", "--epochs=2", "--repeats=1"]
-    result = subprocess.run(
-        [sys.executable, tool, *small, "--no-per_callback", f"--out={out}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_tool("benchmark_trainer.py", *small, "--no-per_callback", f"--out={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads(out.read_text())
     assert set(r["rates"]) == {"bare", "trainer", "trainer, --log_trust_ratios"}

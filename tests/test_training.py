@@ -496,12 +496,13 @@ def wait_for_step(run, processes, step, timeout=300, key="step"):
     )
 
 
-def kill_the_second(run, processes, step=4):
-    """SIGKILLs processes[1] once the backup reached `step`; the stderr of
-    processes[0] and the seconds it took to end after the kill."""
+def kill_the_second(run, processes, step=4, sig=signal.SIGKILL):
+    """Sends `sig` (SIGKILL; SIGSTOP freezes it) to processes[1] once the
+    backup reached `step`; the stderr of processes[0] and the seconds it
+    took to end after the signal."""
     try:
         wait_for_step(run, processes, step)
-        processes[1].send_signal(signal.SIGKILL)
+        processes[1].send_signal(sig)
         killed = time.time()
         _, err = processes[0].communicate(timeout=120)
         return err, time.time() - killed
