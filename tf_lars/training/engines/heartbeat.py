@@ -92,7 +92,9 @@ class Heartbeat:
             if now - self.answered > self.timeout and self.process_id != 0:
                 return self._lost("process 0 (the coordinator)")
             for peer, (value, since) in self.seen.items():
-                if value != DONE and now - since > self.timeout:
+                # Stood still while the store kept answering: a silent store
+                # is the coordinator's fault, not this peer's.
+                if value != DONE and self.answered - since > self.timeout:
                     return self._lost(f"process {peer}")
 
     def _lost(self, who: str) -> None:
