@@ -99,6 +99,7 @@ def test_input_benchmark_runs_on_synthetic_photos_and_names_bad_input(tmp_path):
         "--seconds=0.3",
         "--repeats=1",
         "--data_service",
+        "--previous=HEAD",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ratios = {
@@ -111,7 +112,17 @@ def test_input_benchmark_runs_on_synthetic_photos_and_names_bad_input(tmp_path):
         "ratio pipeline (uint8) / bare decode",
         "ratio per-image work alone / bare decode",
         "ratio service / in-process pipeline (uint8)",
+        "ratio pipeline (uint8) / per-image work alone",
+        "ratio pipeline at HEAD (uint8) / per-image work alone",
     }
+    # Where the time goes: the CPU time of each reading stage, then the work's.
+    stages = result.stdout.split("Where the time goes")[1].splitlines()
+    cpu = [
+        float(line.split("|")[2])
+        for line in stages
+        if line.startswith("| ") and "us |" not in line
+    ]
+    assert len(cpu) == 5 and all(c > 0 for c in cpu)
     assert 0.01 < ratios["ratio service / in-process pipeline (uint8)"] < 100
     # 64 x 64 x 3 uint8 pixels and an int32 label an image.
     assert "bytes per image through the service: 12,292 (before compression)" in result.stdout
@@ -123,6 +134,13 @@ def test_input_benchmark_runs_on_synthetic_photos_and_names_bad_input(tmp_path):
     for dtype in ("float32", "uint8"):
         assert 0.01 < ratios[f"ratio pipeline ({dtype}) / bare decode"] < 2 * work
 
+    unknown = run_input_benchmark(f"--data_dir={tmp_path / 'photos'}", "--previous=no-such-rev")
+    assert unknown.returncode != 0
+    assert (
+        unknown.stderr.strip()
+        .splitlines()[-1]
+        .startswith("benchmark_input: error: --previous=no-such-rev: git archive failed")
+    )
     missing = run_input_benchmark(f"--data_dir={tmp_path / 'none'}")
     assert missing.returncode != 0
     assert (
@@ -185,10 +203,19 @@ def test_backup_benchmark_writes_versions_and_reports_their_cost(tmp_path):
 def test_trainer_benchmark_times_the_trainer_against_a_bare_fit(tmp_path):
     out = tmp_path / "trainer.json"
     small = ["--batch_size=16", "--steps_per_epoch=3", "--epochs=2", "--repeats=1"]
-    result = run_tool("benchmark_trainer.py", *small, "--no-per_callback", f"--out={out}")
+    result = run_tool("benchmark_trainer.py", *small, f"--out={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert set(r["rates"]) == {"bare", "trainer", "trainer, --log_trust_ratios"}
-    assert r["ratios"]["trainer"] == pytest.approx(r["rates"]["trainer"] / r["rates"]["bare"])
-    # The trainer's callbacks, in the order it runs them.
-    assert r["callbacks"][:2] == ["Position", "StopOnNaN"] and r["callbacks"][-1] == "Preemption"
+    assert set(r) == {"bare", "trainer", "trainer, --log_trust_ratios"}
+    for f in r.values():  # one timed epoch: its steps, then its end
+        images = 3 * 16
+        whole = images / f["rate_inside"] + f["epoch_end_seconds"]
+        assert images / f["rate"] == pytest.approx(whole)
+        assert f["epoch_end_seconds"] > 0
+    # Each of the trainer's callbacks timed, in the order it runs them; the
+    # backup is written at the epoch's end, inside the time of that end.
+    callbacks = r["trainer"]["callbacks"]
+    assert list(callbacks)[:2] == ["Position", "StopOnNaN"] and list(callbacks)[-1] == "Preemption"
+    backup = callbacks["BackupAndRestore"]["s_per_epoch_end"]
+    assert 0 < backup < r["trainer"]["epoch_end_seconds"]
+    assert "callbacks" not in r["bare"]

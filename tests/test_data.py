@@ -92,6 +92,37 @@ def test_training_batches_shapes_dtypes_range_and_labels(tmp_path):
         assert set(labels.numpy()) <= {0, 1, 2, 3}  # stored 1..4, offset 1
 
 
+def test_the_records_boxes_guide_the_pipelines_crops(tmp_path):
+    # Black images, white in the top-left 16 x 16 of 64 x 64 (1/16), the
+    # record's box around it. A crop of 6-25% of the image that covers half
+    # of the box is at least 1/8 white; without a box no such crop covers
+    # half of the image, and the whole image (1/16 white) is kept.
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[:16, :16] = 255
+    white = tf.io.encode_jpeg(pixels, quality=100).numpy()
+    with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001")) as w:
+        for k in range(8):
+            w.write(example(white, 1 + k % 4, boxes=[(0.0, 0.0, 0.25, 0.25)]))
+            w.write(example(white, 1 + k % 4))  # (a record without boxes between)
+    overrides = dict(area_range=(0.06, 0.25), min_object_covered=0.5)
+    ds = helpers.dataset(
+        str(tmp_path),
+        "train",
+        training=True,
+        global_batch_size=16,
+        dtype=tf.uint8,
+        preset="legacy",
+        preset_overrides=overrides,
+        seed=1,
+        shuffle_buffer=1,
+        **COMMON,
+    )
+    images, _ = next(iter(ds))
+    means = images.numpy().reshape(16, -1).mean(1)
+    assert (means[0::2] > 255 / 8 - 1).all(), means  # the boxed records
+    assert (means[1::2] < 255 / 16 + 1).all(), means  # the others
+
+
 def test_label_offset_zero_keeps_stored_labels(tmp_path):
     write_shards(tmp_path, split="validation")
     _, labels = read_all(
@@ -282,6 +313,17 @@ def test_parse_reads_boxes_in_sampler_order_only_when_asked():
     np.testing.assert_allclose(boxes.numpy(), [[[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]]])
     _, _, none = schema.parse(record, fmt, boxes=False)
     assert none.shape == (1, 0, 4)
+    # Many records at once: boxes padded to the most any record holds, and
+    # counted; a record without an image gets an empty one, a bad image.
+    boxless, empty = example(jpeg(2), 3), tf.train.Example().SerializeToString()
+    images, labels, padded, counts = schema.parse_many(tf.constant([boxless, record, empty]), fmt)
+    assert images.numpy().tolist() == [jpeg(2), jpeg(1), b""]
+    assert labels.numpy().tolist() == [2, 6, -2]  # (a missing label is -1, less the offset)
+    assert counts.numpy().tolist() == [0, 2, 0] and padded.shape == (3, 2, 4)
+    np.testing.assert_allclose(padded[1], boxes[0])
+    np.testing.assert_allclose(padded[0], np.zeros((2, 4)))
+    _, _, padded, counts = schema.parse_many(tf.constant([boxless, record]), fmt, boxes=False)
+    assert padded.shape == (2, 1, 4) and counts.numpy().tolist() == [0, 0]
 
 
 def test_tpu_eval_crop_is_the_centre_fraction():

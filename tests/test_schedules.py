@@ -114,3 +114,33 @@ def test_bad_arguments_are_named(make, message):
 
 if __name__ == "__main__":  # Bazel's py_test runs the file itself.
     raise SystemExit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
+
+
+class OneStepAtATime(keras.optimizers.schedules.LearningRateSchedule):
+    """0.1 until step 5, then 0.01: a Python branch, so one step at a time."""
+
+    def __call__(self, step):
+        return 0.1 if int(keras.ops.convert_to_numpy(step)) < 5 else 0.01
+
+
+@pytest.mark.parametrize(
+    "rate,table",
+    [
+        # The paper's schedule, taken on all the steps at once.
+        (
+            schedules.WarmupPolynomialDecay(
+                peak_learning_rate=2.0, total_steps=20, warmup_steps=4
+            ),
+            [[1, 0.5], [3, 1.5], [4, 2.0], [8, 2.0 * 0.75**2], [12, 0.5], [20, 0.0]],
+        ),
+        (OneStepAtATime(), [[3, 0.1], [4, 0.1], [5, 0.01], [9, 0.01]]),
+        (0.25, [[1, 0.25], [7, 0.25]]),
+    ],
+)
+def test_the_monitor_gets_the_learning_rate_of_each_step_it_writes(rate, table):
+    from tf_lars.monitoring import learning_rates
+
+    optimizer = keras.optimizers.SGD(learning_rate=rate)
+    steps, want = zip(*table)
+    np.testing.assert_allclose(learning_rates(optimizer, list(steps)), want, rtol=1e-6, atol=1e-9)
+    assert learning_rates(optimizer, []) == []

@@ -25,6 +25,24 @@ def inner_optimizer(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
+def learning_rates(optimizer, steps):
+    """The learning rate `optimizer` uses after each of `steps`: its schedule
+    called once on all of them, or once per step where the schedule takes
+    only one step at a time (a branch on the step)."""
+    if not steps:
+        return []
+    schedule = getattr(inner_optimizer(optimizer), "_learning_rate", None)
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return [float(keras.ops.convert_to_numpy(optimizer.learning_rate))] * len(steps)
+    try:
+        rates = keras.ops.convert_to_numpy(schedule(np.asarray(steps, np.int64)))
+    except Exception:  # noqa: BLE001 (a schedule written for one step)
+        rates = None
+    if rates is None or np.shape(rates) != (len(steps),):
+        rates = [keras.ops.convert_to_numpy(schedule(step)) for step in steps]
+    return [float(rate) for rate in rates]
+
+
 class TrainingMonitor(keras.callbacks.Callback):
     """Step- and epoch-level TensorBoard scalars of a run (chief only).
 
@@ -51,6 +69,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         self._summary = tf.summary
         self._writer = tf.summary.create_file_writer(self.log_dir)
         self._last_step, self._last_time = self._step(), time.perf_counter()
+        self._steps = []  # steps whose learning rate is still to be written
 
     def _step(self):
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -59,20 +78,29 @@ class TrainingMonitor(keras.callbacks.Callback):
         self._epoch_step, self._epoch_time = self._step(), time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._step()
-        optimizer = self.model.optimizer
-        # Keras's TensorBoard callback records only every `update_freq` steps
-        # while it trains; these steps choose for themselves.
-        with self._writer.as_default(step=step), self._summary.record_if(True):
-            self._summary.scalar(
-                "learning_rate", float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-            )
-            if step - self._last_step >= self.log_every_steps:
-                now = time.perf_counter()
-                rate = (step - self._last_step) * self.global_batch_size / (now - self._last_time)
+        # Nothing is read from the model at most steps: the step is counted
+        # here, and the learning rates of the steps in between are written
+        # with the other summaries, every `log_every_steps` steps.
+        step = self._epoch_step + batch + 1
+        self._steps.append(step)
+        if step - self._last_step >= self.log_every_steps:
+            now = time.perf_counter()
+            rate = (step - self._last_step) * self.global_batch_size / (now - self._last_time)
+            self._last_step, self._last_time = step, now
+            with self._writer.as_default(step=step), self._summary.record_if(True):
                 self._summary.scalar("images_per_second", rate)
-                self._last_step, self._last_time = step, now
-                self._trust_ratios(optimizer)
+                self._trust_ratios(self.model.optimizer)
+            self._write_learning_rates()
+
+    def _write_learning_rates(self):
+        """The learning rate after each step counted since the last write
+        (Keras's TensorBoard callback records only every `update_freq` steps
+        while it trains; these steps choose for themselves)."""
+        rates = learning_rates(self.model.optimizer, self._steps)
+        with self._writer.as_default(), self._summary.record_if(True):
+            for step, rate in zip(self._steps, rates):
+                self._summary.scalar("learning_rate", rate, step=step)
+        self._steps = []
 
     def _trust_ratios(self, optimizer):
         lars = inner_optimizer(optimizer)
@@ -87,6 +115,7 @@ class TrainingMonitor(keras.callbacks.Callback):
             self._summary.histogram("lars/trust_ratios", np.array([s[0] for s in stats.values()]))
 
     def on_epoch_end(self, epoch, logs=None):
+        self._write_learning_rates()
         seconds = time.perf_counter() - self._epoch_time
         rate = (self._step() - self._epoch_step) * self.global_batch_size / max(seconds, 1e-9)
         with self._writer.as_default(step=self._step()), self._summary.record_if(True):
@@ -97,6 +126,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         self._writer.flush()
 
     def on_train_end(self, logs=None):
+        self._write_learning_rates()
         self._writer.close()
 
 

@@ -13,7 +13,11 @@ of each, the median reported; a shared machine's load drifts):
   3. the per-image work of the preset alone (crop-decode, resize, flip;
      uint8), on the JPEGs in memory: the share of the ceiling left once the
      image work is paid for, before reading and parsing the shards.
-Prints images per second, per core, and the ratios to the bare decode.
+Prints images per second, per core, and the ratios to the bare decode;
+then where the time goes: the CPU time a record costs in the reading
+stages, each alone at full speed, beside the per-image work's.
+With --previous=REV, also the training pipeline (uint8) of tf_lars.data as
+it was at git revision REV, taking turns with today's: the two side by side.
 With --data_service, also:
   4. the uint8 training pipeline run by a tf.data service worker (another
      process on this machine) and read over gRPC, against 2.; and the bytes
@@ -30,6 +34,7 @@ same fraction of the set as the trainer's 10,000 of ImageNet's 1,281,167
 """
 
 import functools
+import io
 import os
 import statistics
 import sys
@@ -64,6 +69,12 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("max_images", 4000, "JPEGs held in memory for the bare decode.")
 flags.DEFINE_float("seconds", 10.0, "Time each measurement for about this long.")
 flags.DEFINE_integer("repeats", 3, "Rounds of measurements (medians are reported).")
+flags.DEFINE_string(
+    "previous",
+    None,
+    "A git revision (e.g. HEAD~3): also time the uint8 training pipeline of "
+    "tf_lars/data as it was there, taking turns with today's.",
+)
 flags.DEFINE_boolean(
     "data_service",
     False,
@@ -96,6 +107,47 @@ def rate(iterator, images_per_step, seconds):
         next(iterator)
         count += images_per_step
     return count / (time.perf_counter() - start)
+
+
+def cpu_per_element(ds, seconds):
+    """CPU microseconds (all of this process's threads) per element of `ds`,
+    batched by 128, over about `seconds` at full speed."""
+    iterator = iter(ds.batch(128))
+    for _ in range(2):
+        next(iterator)
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        next(iterator)
+        count += 128
+    return 1e6 * (time.process_time() - cpu) / count
+
+
+def where_the_time_goes(files, spec, work, seconds):
+    """CPU microseconds a record costs in the reading stages, each measured
+    alone at full speed, beside the per-image work's and the pipeline's."""
+    from tf_lars.data.counts import BadRecords
+
+    context = tf.distribute.InputContext()
+    counts = BadRecords().split(spec.split)
+
+    def read():
+        shards = pipeline.shard_files(files, spec, context).repeat()
+        return pipeline.read_records(shards, spec, counts, min(16, len(files)), False)
+
+    stages = {
+        "reading the records (TFRecordDataset alone)": tf.data.TFRecordDataset(files).repeat(),
+        "+ parsed and checked by chunks, interleaved (stage 3)": read(),
+        "+ shuffled, the usable kept (stages 4-5)": pipeline.keep_usable(
+            pipeline.shuffle_and_repeat(read(), spec)
+        ),
+        "the per-image work alone (in memory)": work.unbatch(),
+        "the whole pipeline (uint8)": pipeline.make_dataset(spec, 128).unbatch(),
+    }
+    print("\nWhere the time goes: CPU microseconds an image or record costs (all threads)")
+    print("| stage | CPU us |")
+    print("|---|---|")
+    for name, ds in stages.items():
+        print(f"| {name} | {cpu_per_element(ds, seconds):.0f} |")
 
 
 def main(argv):
@@ -164,8 +216,8 @@ def measure():
         )
     )
 
-    def train(dtype):
-        spec = pipeline.InputSpec(
+    def train_spec(dtype, module=pipeline):
+        return module.InputSpec(
             data_dir,
             "train",
             training=True,
@@ -177,7 +229,9 @@ def measure():
             num_classes=FLAGS.num_classes,
             shuffle_buffer=shuffle_buffer,
         )
-        return pipeline.make_dataset(spec, FLAGS.batch_size)
+
+    def train(dtype, module=pipeline):
+        return module.make_dataset(train_spec(dtype, module), FLAGS.batch_size)
 
     # One pipeline runs at a time: each measurement has its own iterator.
     makers = {
@@ -186,6 +240,9 @@ def measure():
         "float32": lambda: train("float32"),
         "uint8": lambda: train("uint8"),
     }
+    if FLAGS.previous:
+        before = pipeline_at(FLAGS.previous)
+        makers["previous"] = lambda: train("uint8", before)
     if FLAGS.data_service:
         makers["service"] = through_service(lambda: train("uint8"))
     rounds = {name: [] for name in makers}
@@ -193,6 +250,7 @@ def measure():
         for name, make in makers.items():
             rounds[name].append(rate(iter(make()), FLAGS.batch_size, FLAGS.seconds))
     service_rate = statistics.median(rounds.pop("service")) if FLAGS.data_service else None
+    previous_rate = statistics.median(rounds.pop("previous")) if FLAGS.previous else None
     bare_rate = statistics.median(rounds.pop("bare"))
     work_rate = statistics.median(rounds.pop("work"))
     train_rates = {dtype: statistics.median(values) for dtype, values in rounds.items()}
@@ -222,6 +280,16 @@ def measure():
     for dtype, value in train_rates.items():
         print(f"ratio pipeline ({dtype}) / bare decode: {value / bare_rate:.3f}")
     print(f"ratio per-image work alone / bare decode: {work_rate / bare_rate:.3f}")
+    print(f"ratio pipeline (uint8) / per-image work alone: {train_rates['uint8'] / work_rate:.3f}")
+    if previous_rate is not None:
+        print(
+            f"| training pipeline at {FLAGS.previous} (uint8) | {previous_rate:.0f} "
+            f"| {previous_rate / cores:.0f} |"
+        )
+        print(
+            f"ratio pipeline at {FLAGS.previous} (uint8) / per-image work alone: "
+            f"{previous_rate / work_rate:.3f}"
+        )
     if service_rate is not None:
         per_image = FLAGS.image_size**2 * FLAGS.channels + 4  # uint8 pixels, an int32 label
         print(
@@ -233,6 +301,43 @@ def measure():
             f"{service_rate / train_rates['uint8']:.3f}"
         )
         print(f"bytes per image through the service: {per_image:,} (before compression)")
+    where_the_time_goes(files, train_spec("uint8"), work, FLAGS.seconds)
+
+
+def pipeline_at(revision):
+    """`tf_lars.data.pipeline` as it was at git `revision`, imported as
+    `tf_lars_at_revision.data.pipeline` beside today's."""
+    import importlib
+    import subprocess
+    import tarfile
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        archive = subprocess.run(
+            ["git", "archive", revision, "tf_lars/data"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        ).stdout
+    except subprocess.CalledProcessError as e:
+        error = e.stderr.decode().strip()
+        raise ValueError(f"--previous={revision}: git archive failed: {error}") from None
+    folder = tempfile.mkdtemp(prefix="tf_lars_at_revision_")
+    package = os.path.join(folder, "tf_lars_at_revision")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder)
+    os.rename(os.path.join(folder, "tf_lars"), package)
+    open(os.path.join(package, "__init__.py"), "w").close()
+    for name in os.listdir(os.path.join(package, "data")):
+        if name.endswith(".py"):
+            path = os.path.join(package, "data", name)
+            with open(path) as f:
+                text = f.read().replace("tf_lars.data", "tf_lars_at_revision.data")
+            with open(path, "w") as f:
+                f.write(text)
+    sys.path.insert(0, folder)
+    return importlib.import_module("tf_lars_at_revision.data.pipeline")
 
 
 def through_service(make):

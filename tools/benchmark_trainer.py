@@ -10,12 +10,18 @@ alternates --repeats rounds of:
     callbacks beyond Keras's defaults;
   * trainer: `TrainingRun` as `tf-lars-train` builds it (`prepare`, then
     `fit` with every callback), in a fresh run folder;
-  * trainer with --log_trust_ratios;
-  * the trainer without one of its callbacks, for each callback (what it
-    costs is what leaving it out gains).
-Each is timed over the steps after its first epoch (compilation and the
-first backup excluded). Prints images/s of each, the ratios to bare, and
-JSON (--out writes it).
+  * trainer with --log_trust_ratios.
+Each is timed over the epochs after its first (compilation and the first
+backup excluded), inside the epochs (the steps, with the callbacks' work at
+each step) and at their ends (the callbacks' work at each epoch's end: a
+cost that a longer epoch spreads thinner). Prints images/s of each and its
+ratio to bare, both over whole epochs and inside them, the seconds of an
+epoch's end, and JSON (--out writes it).
+
+With --per_callback (the default), each trainer run also times every hook
+of each of its callbacks as Keras calls it: the milliseconds a callback
+adds to a step (its batch hooks) and the seconds it adds to an epoch's end
+(its epoch hooks), medians over the rounds.
 """
 
 import argparse
@@ -39,28 +45,46 @@ def parse():
     p.add_argument("--steps_per_epoch", type=int, default=20)
     p.add_argument("--epochs", type=int, default=4, help="the first one is not timed")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--per_callback", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--per_callback",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time each callback's hooks in the trainer's runs",
+    )
     p.add_argument("--out", default=None)
     return p.parse_args()
 
 
 class Clock(keras.callbacks.Callback):
-    """Seconds and steps from the end of the first epoch to the end."""
+    """When each epoch began and ended, and when training ended. First in the
+    list of callbacks and without a hook at each batch, so that a bare `fit`
+    keeps Keras's asynchronous dispatch of callbacks."""
 
     def __init__(self):
         super().__init__()
-        self.start, self.steps = None, 0
+        self.begins, self.ends = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begins.append(time.perf_counter())
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.start is None:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.start is not None:
-            self.steps += 1
+        self.ends.append(time.perf_counter())
 
     def on_train_end(self, logs=None):
-        self.seconds = time.perf_counter() - self.start
+        self.finished = time.perf_counter()
+
+    def figures(self, steps_per_epoch, batch_size):
+        """Over the epochs after the first: images/s with the epochs' ends,
+        images/s inside them (the steps and the callbacks' work at each step),
+        and the seconds of an epoch's end (the callbacks' work then)."""
+        inside = sum(e - b for b, e in zip(self.begins[1:], self.ends[1:]))
+        between = [b - e for e, b in zip(self.ends[1:], self.begins[2:] + [self.finished])]
+        images = (len(self.ends) - 1) * steps_per_epoch * batch_size
+        return {
+            "rate": images / (inside + sum(between)),
+            "rate_inside": images / inside,
+            "epoch_end_seconds": statistics.mean(between),
+        }
 
 
 def config(args, **changes):
@@ -104,22 +128,91 @@ def bare(args, engine):
     model.fit(
         ds, epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch, callbacks=[clock], verbose=0
     )
-    return clock.steps * cfg.batch_size / clock.seconds
+    return clock.figures(plan.steps_per_epoch, cfg.batch_size)
 
 
-def trainer(args, engine, without=None, **changes):
-    """`TrainingRun`'s `fit` with its callbacks (less the one of type
-    `without`): images/s."""
+class HookTimes:
+    """Seconds spent in each callback's hooks, by callback: its batch hooks
+    (a step's share) and its epoch hooks (an epoch end's share), over the
+    epochs after the first."""
+
+    BATCH = ("on_train_batch_begin", "on_train_batch_end")
+    EPOCH = ("on_epoch_begin", "on_epoch_end")
+
+    def __init__(self, callbacks):
+        self.seconds = {}
+        self.timing = False
+        for callback in callbacks:
+            name = type(callback).__name__
+            self.seconds.setdefault(name, {"batch": 0.0, "epoch": 0.0})
+            for hook in self.BATCH + self.EPOCH:
+                kind = "batch" if hook in self.BATCH else "epoch"
+                setattr(callback, hook, self._timed(getattr(callback, hook), name, kind))
+
+    def _timed(self, hook, name, kind):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                if self.timing:
+                    self.seconds[name][kind] += time.perf_counter() - start
+
+        return timed
+
+    def start(self):
+        """Times from now (a callback at each epoch's end calls it)."""
+        self.timing = True
+
+    def per_step_and_epoch(self, steps, epochs):
+        """`{callback: {"ms_per_step", "s_per_epoch_end"}}`."""
+        return {
+            name: {
+                "ms_per_step": 1e3 * times["batch"] / steps,
+                "s_per_epoch_end": times["epoch"] / epochs,
+            }
+            for name, times in self.seconds.items()
+        }
+
+
+class StartTiming(keras.callbacks.Callback):
+    def __init__(self, hooks):
+        super().__init__()
+        self.hooks = hooks
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.hooks.start()  # (last in the list: after the first epoch's end)
+
+
+def trainer(args, engine, per_callback=False, **changes):
+    """`TrainingRun`'s `fit` with its callbacks: `Clock.figures`, with each
+    callback's `HookTimes` where `per_callback`."""
     from tf_lars.training.run import TrainingRun
 
     run = TrainingRun.prepare(config(args, **changes), engine)
     try:
-        callbacks = [c for c in run.callbacks() if type(c).__name__ != without]
+        callbacks = run.callbacks()
         clock = Clock()
-        run.fit(callbacks + [clock])
+        extra = []
+        if per_callback:
+            hooks = HookTimes(callbacks)
+            extra = [StartTiming(hooks)]
+        run.fit([clock] + callbacks + extra)
     finally:
         run.close()
-    return clock.steps * args.batch_size / clock.seconds, [type(c).__name__ for c in callbacks]
+    figures = clock.figures(args.steps_per_epoch, args.batch_size)
+    if per_callback:
+        epochs = args.epochs - 1
+        figures["callbacks"] = hooks.per_step_and_epoch(epochs * args.steps_per_epoch, epochs)
+    return figures
+
+
+def medians(rounds):
+    """Medians of each figure over the rounds (nested dicts of numbers)."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {k: medians([r[k] for r in rounds]) for k in first}
+    return statistics.median(rounds)
 
 
 def main():
@@ -127,31 +220,49 @@ def main():
     from tf_lars.training import engines
 
     engine = engines.make(config(args))
-    _, names = trainer(args, engine)  # (also compiles once: warms the process up)
-    cases = {"bare": lambda: bare(args, engine), "trainer": lambda: trainer(args, engine)[0]}
-    cases["trainer, --log_trust_ratios"] = lambda: trainer(args, engine, log_trust_ratios=True)[0]
-    if args.per_callback:
-        for name in dict.fromkeys(names):
-            cases[f"trainer without {name}"] = lambda n=name: trainer(args, engine, without=n)[0]
+    trainer(args, engine)  # (compiles once: warms the process up)
+    cases = {
+        "bare": lambda: bare(args, engine),
+        "trainer": lambda: trainer(args, engine, args.per_callback),
+        "trainer, --log_trust_ratios": lambda: trainer(
+            args, engine, args.per_callback, log_trust_ratios=True
+        ),
+    }
     rounds = {name: [] for name in cases}
     for _ in range(args.repeats):
         for name, measure in cases.items():
             rounds[name].append(measure())
-    rates = {name: statistics.median(values) for name, values in rounds.items()}
-    print(
-        f"{args.model}, {args.image_size} px, batch {args.batch_size}, "
-        f"{args.steps_per_epoch * (args.epochs - 1)} timed steps; medians of {args.repeats}"
-    )
-    print("| run | images/s | / bare |")
-    print("|---|---|---|")
-    for name, value in rates.items():
-        print(f"| {name} | {value:.0f} | {value / rates['bare']:.3f} |")
-    figures = {"rates": rates, "ratios": {k: v / rates["bare"] for k, v in rates.items()}}
-    figures["callbacks"] = names
-    print(json.dumps(figures))
+    figures = {name: medians(values) for name, values in rounds.items()}
+    report(args, figures)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(figures, f, indent=1)
+
+
+def report(args, figures):
+    base = figures["bare"]
+    print(
+        f"{args.model}, {args.image_size} px, batch {args.batch_size}, "
+        f"{args.epochs - 1} timed epochs of {args.steps_per_epoch} steps; "
+        f"medians of {args.repeats} rounds"
+    )
+    print("| run | images/s | / bare | inside epochs, / bare | an epoch's end (s) |")
+    print("|---|---|---|---|---|")
+    for name, f in figures.items():
+        print(
+            f"| {name} | {f['rate']:.0f} | {f['rate'] / base['rate']:.3f} "
+            f"| {f['rate_inside'] / base['rate_inside']:.3f} | {f['epoch_end_seconds']:.3f} |"
+        )
+    step_ms = 1e3 * args.batch_size / base["rate_inside"]
+    for name, f in figures.items():
+        if "callbacks" not in f:
+            continue
+        print(f"\n{name}: each callback's hooks (a bare step takes {step_ms:.1f} ms)")
+        print("| callback | ms a step | s an epoch's end |")
+        print("|---|---|---|")
+        for callback, t in f["callbacks"].items():
+            print(f"| {callback} | {t['ms_per_step']:.3f} | {t['s_per_epoch_end']:.4f} |")
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -25,12 +25,14 @@ class SplitCounts:
                 k: tf.Variable("", dtype=tf.string, trainable=False) for k in BadRecords.KINDS
             }
 
-    def count(self, kind, flag, shard):
-        """Counts `flag` (a bool) as `kind`; returns the kind's new count."""
+    def count(self, kind, flags, shard):
+        """Counts the true ones of `flags` (bools) as `kind`, seen in `shard`;
+        returns the kind's new count."""
         import tensorflow as tf
 
-        tf.cond(flag, lambda: self.shards[kind].assign(shard, read_value=False), tf.no_op)
-        return self.counts[kind].assign_add(tf.cast(flag, tf.int64))
+        n = tf.reduce_sum(tf.cast(flags, tf.int64))
+        tf.cond(n > 0, lambda: self.shards[kind].assign(shard, read_value=False), tf.no_op)
+        return self.counts[kind].assign_add(n)
 
     def result(self):
         return {k: int(v.numpy()) for k, v in self.counts.items()}

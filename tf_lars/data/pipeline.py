@@ -2,8 +2,9 @@
 
 One stage a line over an `InputSpec` (see `make_dataset`): the shards of
 this pipeline (listed, split between workers, shuffled) -> their records
-(interleaved readers) -> shuffle and repeat -> parse, check, decode and
-augment -> keep the usable ones -> batch per replica and prefetch. Use it as
+(interleaved readers that parse and check a chunk of records at a time,
+counting the bad ones) -> shuffle and repeat -> the usable ones kept ->
+decode and augment -> batch per replica and prefetch. Use it as
 
 ```python
 spec = InputSpec(data_dir, "train", training=True, image_size=224)
@@ -26,7 +27,10 @@ progressive, grayscale and CMYK JPEGs. The check cannot
 see damage inside the entropy-coded data (it decodes, with a libjpeg warning,
 into wrong pixels), nor a cut-short file that still holds an end marker from
 an embedded thumbnail (it fails to decode; tf.data drops it with a logged
-warning, and it is not counted). Skipped evaluation records are counted as
+warning, and it is not counted), nor a record that is not a
+`tf.train.Example` at all (its chunk of 64 records fails to parse and is
+dropped with a logged warning: only a writer of other payloads makes
+such shards). Skipped evaluation records are counted as
 the evaluation reads them: a repeating pipeline reads ahead, so a small
 split's counts can cover more than one pass.
 
@@ -59,6 +63,8 @@ _TAG_DAMAGED = "tf_lars: damaged shard"
 _TAG_IMAGE = "tf_lars: not a whole JPEG"
 _TAG_LABEL = "tf_lars: label out of range"
 _TAG_UNUSABLE = "tf_lars: no usable record"
+# What `_check` finds a record to be.
+BAD, USABLE, GIVE_UP = 0, 1, 2
 
 
 def explain(
@@ -165,77 +171,6 @@ def estimate_records(files: list[str], sample: int = 100) -> Optional[int]:
     return round(total / (sum(sizes) / len(sizes)))
 
 
-def _read_shard(
-    filename: Any,
-    size: Any,
-    strict: bool,
-    counts: Any,
-    buffer_size: Optional[int] = None,
-    chunk: int = 64,
-) -> Any:
-    """Records of one shard, each with the shard's name.
-
-    The bytes read are added up; at the end of the shard they must equal the
-    file's size, else the shard was truncated or corrupt (tf.data logs the
-    reader's error, and the records before the damage are kept). The sums
-    are taken per chunk of `chunk` records: stages that call a function for
-    every record would cost more than the sums themselves.
-    """
-    records = tf.data.TFRecordDataset(filename, buffer_size=buffer_size)
-    # The reader's own warning gives a byte offset without the file; the
-    # count below names the shard instead.
-    chunks = records.ignore_errors(log_warning=False).batch(chunk)
-    chunks = chunks.map(lambda r: (r, False)).concatenate(
-        tf.data.Dataset.from_tensors((tf.constant([], tf.string), True))
-    )
-
-    def add_bytes(consumed: Any, element: Any) -> Any:
-        chunk_records, end = element
-        consumed += tf.reduce_sum(tf.cast(tf.strings.length(chunk_records), tf.int64))
-        consumed += RECORD_OVERHEAD * tf.cast(tf.size(chunk_records), tf.int64)
-        damaged = tf.logical_and(end, consumed != size)
-        return consumed, (chunk_records, end, damaged)
-
-    def keep(chunk_records: Any, end: Any, damaged: Any) -> Any:
-        if strict:
-            tf.debugging.Assert(tf.logical_not(damaged), [_TAG_DAMAGED, filename])
-        else:
-            counts.count("damaged_shards", damaged, filename)
-        return tf.logical_not(end)
-
-    chunks = chunks.scan(tf.constant(0, tf.int64), add_bytes).filter(keep)
-    return chunks.map(
-        lambda chunk_records, end, damaged: (
-            chunk_records,
-            tf.fill(tf.shape(chunk_records), filename),
-        )
-    ).unbatch()
-
-
-def _has_end_marker(data: Any) -> Any:
-    """Whether the bytes `data` hold FF D9 anywhere."""
-    b = tf.io.decode_raw(data, tf.uint8)
-    return tf.reduce_any(tf.logical_and(tf.equal(b[:-1], 0xFF), tf.equal(b[1:], 0xD9)))
-
-
-def _jpeg_is_whole(jpeg: Any) -> Any:
-    """Starts with the start-of-image marker and holds an end-of-image marker
-    after it. Most JPEGs end with the marker: only when the last 32 bytes
-    lack it (a trailer, or a cut) is the whole file searched."""
-    length = tf.strings.length(jpeg)
-    starts = tf.logical_and(length >= 4, tf.equal(tf.strings.substr(jpeg, 0, 2), b"\xff\xd8"))
-    after_start = tf.minimum(2, length)
-    near_end = _has_end_marker(tf.strings.substr(jpeg, tf.maximum(length - 32, after_start), 32))
-    return tf.logical_and(
-        starts,
-        tf.cond(
-            near_end,
-            lambda: True,
-            lambda: _has_end_marker(tf.strings.substr(jpeg, after_start, length)),
-        ),
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
     """What one input pipeline reads and how (`make_dataset`'s stages read it).
@@ -311,8 +246,9 @@ def make_dataset(
             between its input pipelines, and there must be at least one
             file for each.
         bad_records: a `BadRecords` to count skipped input in.
-        skip: records to pass over before the first one used (a resumed
-            run's position in a seeded stream); they are read, not decoded.
+        skip: usable records to pass over before the first one used (a
+            resumed run's position in a seeded stream); they are read and
+            checked, not decoded.
     """
     context = input_context or tf.distribute.InputContext()
     counts = (bad_records or BadRecords()).split(spec.split)
@@ -320,8 +256,8 @@ def make_dataset(
     ds = shard_files(files, spec, context)
     ds = read_records(ds, spec, counts, cycle=min(16, len(files)), remote="://" in files[0])
     ds = shuffle_and_repeat(ds, spec)
-    ds = decode(ds, spec, counts, skip)
-    ds = keep_usable(ds, spec, counts)
+    ds = keep_usable(ds)
+    ds = decode(ds, spec, skip)
     return batch(ds, spec, context.get_per_replica_batch_size(global_batch_size))
 
 
@@ -347,16 +283,124 @@ def shard_files(files: list[str], spec: InputSpec, context: Any) -> Any:
 
 
 def read_records(files: Any, spec: InputSpec, counts: Any, cycle: int, remote: bool) -> Any:
-    """Stage 3: the records of `cycle` shards at a time, each with its shard's
-    name (`remote`: shards on a remote file system, read in large chunks)."""
+    """Stage 3: the records of `cycle` shards at a time, parsed and checked,
+    `(jpeg, label, state[, boxes, box_count])`; the bad ones counted
+    (`remote`: shards on a remote file system, read in large chunks)."""
     buffer_size = REMOTE_READ_BUFFER if remote else None
     return files.interleave(
-        lambda f, n: _read_shard(f, n, spec.strict, counts, buffer_size),
+        lambda f, n: _read_shard(f, n, spec, counts, buffer_size),
         cycle_length=cycle,
         block_length=1,
         num_parallel_calls=AUTOTUNE,
         deterministic=spec.in_order,
     )
+
+
+def _read_shard(
+    filename: Any,
+    size: Any,
+    spec: InputSpec,
+    counts: Any,
+    buffer_size: Optional[int] = None,
+    chunk: int = 64,
+) -> Any:
+    """The records of one shard, parsed and checked: `(jpeg, label, state[,
+    boxes, box_count])`.
+
+    Records are handled in chunks of `chunk`: the bytes read are added up (at
+    the end of the shard they must equal the file's size, else the shard was
+    truncated or corrupt: tf.data logs the reader's error, and the records
+    before the damage are kept), then each chunk is parsed and checked at
+    once (`_usable`). Per chunk, not per record: the per-record cost of these
+    small operations would otherwise rival reading the record.
+    """
+    records = tf.data.TFRecordDataset(filename, buffer_size=buffer_size)
+    # The reader's own warning gives a byte offset without the file; the
+    # count below names the shard instead.
+    chunks = records.ignore_errors(log_warning=False).batch(chunk)
+    chunks = chunks.map(lambda r: (r, False)).concatenate(
+        tf.data.Dataset.from_tensors((tf.constant([], tf.string), True))
+    )
+
+    def add_bytes(consumed: Any, element: Any) -> Any:
+        chunk_records, end = element
+        consumed += tf.reduce_sum(tf.cast(tf.strings.length(chunk_records), tf.int64))
+        consumed += RECORD_OVERHEAD * tf.cast(tf.size(chunk_records), tf.int64)
+        damaged = tf.logical_and(end, consumed != size)
+        return consumed, (chunk_records, end, damaged)
+
+    def keep(chunk_records: Any, end: Any, damaged: Any) -> Any:
+        if spec.strict:
+            tf.debugging.Assert(tf.logical_not(damaged), [_TAG_DAMAGED, filename])
+        else:
+            counts.count("damaged_shards", damaged, filename)
+        return tf.logical_not(end)
+
+    chunks = chunks.scan(tf.constant(0, tf.int64), add_bytes).filter(keep)
+    usable = _usable_records(spec, counts)
+    return chunks.map(
+        lambda chunk_records, end, damaged: usable(chunk_records, filename)
+    ).unbatch()
+
+
+def _usable_records(spec: InputSpec, counts: Any) -> Any:
+    """`usable(records, shard)`: a chunk's records parsed and checked,
+    `(jpegs, labels, state[, boxes, box_counts])` (boxes where the preset's
+    crops use them), the bad ones counted (under `strict`, an assertion
+    naming the shard). The give-up marker's image is a small blank stand-in:
+    its own bytes are bad, and their decoding error would be ignored."""
+    schema = schemas.get(spec.data_format)
+    recipe = preprocessing.get_preset(spec.preset, **(spec.preset_overrides or {}))
+    with_boxes = spec.training and recipe.use_boxes
+    stand_in = tf.io.encode_jpeg(tf.zeros([16, 16, 1], tf.uint8))
+
+    def usable(records: Any, shard: Any) -> Any:
+        jpegs, labels, *boxes = schemas.parse_many(records, schema, spec.offset, with_boxes)
+        state = _check(jpegs, labels, shard, spec, counts)
+        gave_up = tf.reduce_any(state == GIVE_UP)
+        jpegs = tf.cond(
+            gave_up, lambda: tf.where(state == GIVE_UP, stand_in, jpegs), lambda: jpegs
+        )
+        # Boxes are carried padded, with their count, where the crop uses
+        # them: unbatching ragged ones costs more (and tf.data's unbatch of a
+        # tensor with no elements, [n, 0, 4], crashes TensorFlow 2.21).
+        return (jpegs, labels, state, *boxes) if with_boxes else (jpegs, labels, state)
+
+    return usable
+
+
+def _has_end_marker(data: Any) -> Any:
+    """Whether the bytes `data` hold FF D9 anywhere."""
+    b = tf.io.decode_raw(data, tf.uint8)
+    return tf.reduce_any(tf.logical_and(tf.equal(b[:-1], 0xFF), tf.equal(b[1:], 0xD9)))
+
+
+def _jpegs_are_whole(jpegs: Any) -> Any:
+    """For each of `jpegs` (a vector): starts with the start-of-image marker
+    and holds an end-of-image marker after it. Most JPEGs end with the
+    marker: only those whose last 32 bytes lack it (a trailer, or a cut) are
+    searched whole."""
+    length = tf.strings.length(jpegs)
+    starts = tf.logical_and(length >= 4, tf.equal(tf.strings.substr(jpegs, 0, 2), b"\xff\xd8"))
+    after_start = tf.minimum(2, length)
+    tails = tf.strings.substr(
+        jpegs, tf.maximum(length - 32, after_start), tf.fill(tf.shape(jpegs), 32)
+    )
+    b = tf.io.decode_raw(tails, tf.uint8, fixed_length=32)  # (short ones end in zeros)
+    near_end = tf.reduce_any(
+        tf.logical_and(tf.equal(b[:, :-1], 0xFF), tf.equal(b[:, 1:], 0xD9)), 1
+    )
+
+    def search_the_rest() -> Any:
+        rest = tf.where(tf.logical_and(starts, tf.logical_not(near_end)))[:, 0]
+        bodies = tf.strings.substr(
+            tf.gather(jpegs, rest), tf.gather(after_start, rest), tf.gather(length, rest)
+        )
+        found = tf.map_fn(_has_end_marker, bodies, fn_output_signature=tf.bool)
+        return tf.tensor_scatter_nd_update(near_end, rest[:, None], found)
+
+    lacking = tf.reduce_any(tf.logical_and(starts, tf.logical_not(near_end)))
+    return tf.logical_and(starts, tf.cond(lacking, search_the_rest, lambda: near_end))
 
 
 def shuffle_and_repeat(ds: Any, spec: InputSpec) -> Any:
@@ -367,96 +411,96 @@ def shuffle_and_repeat(ds: Any, spec: InputSpec) -> Any:
     return ds.repeat() if spec.repeats and not cached_eval else ds
 
 
-def decode(ds: Any, spec: InputSpec, counts: Any, skip: int = 0) -> Any:
-    """Stage 5: each record parsed, checked, decoded and augmented:
-    `(image, label, ok)`; seeded pipelines seed each record's crop and flip
-    by its position."""
-    one = _record_decoder(spec, counts)
+def keep_usable(ds: Any) -> Any:
+    """Stage 5: the usable records (and the give-up marker). Dropped after
+    the repetition: a split whose records are all bad still repeats, until
+    `_check` gives up after `max_unusable` of them."""
+    return ds.filter(lambda jpeg, label, state, *boxes: state != BAD)
+
+
+def decode(ds: Any, spec: InputSpec, skip: int = 0) -> Any:
+    """Stage 6: each record decoded and augmented, `(image, label, state)`; seeded
+    pipelines seed each record's crop and flip by its position. A JPEG that
+    passed the checks but does not decode is dropped with tf.data's logged
+    warning (under `strict`, it ends the pipeline)."""
+    one = _record_decoder(spec)
     if spec.seed is None:
         ds = ds.skip(skip) if skip else ds
-        return ds.map(
-            lambda record, shard: one(None, record, shard),
+        ds = ds.map(
+            lambda *record: one(None, *record),
             num_parallel_calls=AUTOTUNE,
             deterministic=spec.in_order,
         )
-    ds = ds.enumerate().skip(skip) if skip else ds.enumerate()
-    return ds.map(
-        lambda index, element: one(index, *element),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-
-
-def _record_decoder(spec: InputSpec, counts: Any) -> Any:
-    """`decode(index, record, shard) -> (image, label, ok)` for `spec`.
-
-    One parallel map does it all (separate stages cost more than the work);
-    a bad record decodes a small blank stand-in instead of its own bytes
-    (cheaper than a `tf.cond` around the work for every record) and gets
-    `ok = False`.
-    """
-    schema = schemas.get(spec.data_format)
-    recipe = preprocessing.get_preset(spec.preset, **(spec.preset_overrides or {}))
-    stand_in = tf.io.encode_jpeg(tf.zeros([16, 16, 1], tf.uint8))
-
-    def one(index: Any, record: Any, shard: Any) -> Any:
-        jpeg, label, boxes = schemas.parse(
-            record, schema, spec.label_offset, boxes=spec.training and recipe.use_boxes
+    else:
+        ds = ds.enumerate().skip(skip) if skip else ds.enumerate()
+        ds = ds.map(
+            lambda index, element: one(index, *element),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
         )
-        ok = _check(jpeg, label, shard, spec, counts)
-        jpeg = tf.where(ok, jpeg, stand_in)
+    return ds if spec.strict else ds.ignore_errors(log_warning=True)
+
+
+def _record_decoder(spec: InputSpec) -> Any:
+    """`decode(index, jpeg, label, state[, boxes, count]) -> (image, label, state)`
+    for `spec`."""
+    recipe = preprocessing.get_preset(spec.preset, **(spec.preset_overrides or {}))
+    no_boxes = tf.zeros([1, 4], tf.float32)
+
+    def one(
+        index: Any, jpeg: Any, label: Any, state: Any, boxes: Any = no_boxes, count: Any = 0
+    ) -> Any:
         if not spec.training:
             image = preprocessing.eval_image(
                 jpeg, spec.image_size, recipe, spec.channels, spec.dtype
             )
-            return image, label, ok
+            return image, label, state
         seed = None if index is None else tf.stack([tf.cast(spec.seed, tf.int64), index])
         image = preprocessing.train_image(
-            jpeg, boxes, spec.image_size, recipe, spec.channels, spec.dtype, seed
+            jpeg, boxes[None, :count], spec.image_size, recipe, spec.channels, spec.dtype, seed
         )
-        return image, label, ok
+        return image, label, state
 
     return one
 
 
-def _check(jpeg: Any, label: Any, shard: Any, spec: InputSpec, counts: Any) -> Any:
-    """Whether a record is usable (a whole JPEG, a label in range), counted;
-    under `strict`, an assertion naming the shard."""
-    whole = _jpeg_is_whole(jpeg)
-    label_ok = tf.logical_and(label >= 0, label < spec.num_classes)
+def _check(jpegs: Any, labels: Any, shard: Any, spec: InputSpec, counts: Any) -> Any:
+    """The state of each of a chunk's records: `BAD`, `USABLE` or, once
+    `max_unusable` records were read without a usable one, `GIVE_UP` (the
+    pipeline ends at its batch: `batch`). Counted; under `strict`, an
+    assertion naming the shard."""
+    whole = _jpegs_are_whole(jpegs)
+    label_ok = tf.logical_and(labels >= 0, labels < spec.num_classes)
     if spec.strict:
-        tf.debugging.Assert(whole, [_TAG_IMAGE, shard])
+        first_bad = tf.gather(labels, tf.argmin(tf.cast(label_ok, tf.int32)))
+        tf.debugging.Assert(tf.reduce_all(whole), [_TAG_IMAGE, shard])
         tf.debugging.Assert(
-            label_ok, [_TAG_LABEL, label + spec.offset, spec.num_classes, spec.offset, shard]
+            tf.reduce_all(label_ok),
+            [_TAG_LABEL, first_bad + spec.offset, spec.num_classes, spec.offset, shard],
         )
     ok = tf.logical_and(whole, label_ok)
-    counts.count("bad_images", tf.logical_not(whole), shard)
-    counts.count("bad_labels", tf.logical_and(whole, tf.logical_not(label_ok)), shard)
-    counts.usable.assign_add(tf.cast(ok, tf.int64))
-    return ok
-
-
-def keep_usable(ds: Any, spec: InputSpec, counts: Any) -> Any:
-    """Stage 6: usable records only; fails when none came in `max_unusable` read."""
-    ds = ds if spec.strict else ds.ignore_errors(log_warning=True)
-
-    def is_ok(image: Any, label: Any, ok: Any) -> Any:
-        dropped = counts.counts["bad_images"] + counts.counts["bad_labels"]
-        tf.debugging.Assert(
-            tf.logical_or(counts.usable > 0, dropped < spec.max_unusable),
-            [_TAG_UNUSABLE, spec.split, spec.max_unusable, label + spec.offset],
-        )
-        return ok
-
-    return ds.filter(is_ok)
+    bad_images = counts.count("bad_images", tf.logical_not(whole), shard)
+    bad_labels = counts.count("bad_labels", tf.logical_and(whole, tf.logical_not(label_ok)), shard)
+    usable = counts.usable.assign_add(tf.reduce_sum(tf.cast(ok, tf.int64)))
+    give_up = tf.logical_and(usable == 0, bad_images + bad_labels >= spec.max_unusable)
+    return tf.where(ok, USABLE, tf.where(give_up, GIVE_UP, BAD))
 
 
 def batch(ds: Any, spec: InputSpec, batch_size: int) -> Any:
-    """Stage 7: (cached evaluation,) batches of one replica, prefetched."""
+    """Stage 7: (cached evaluation,) batches of one replica, prefetched; a
+    batch holding the give-up marker ends the pipeline, saying why."""
     if spec.cache_eval and not spec.training:
         ds = ds.cache().repeat() if spec.repeats else ds.cache()
+
+    def images_and_labels(images: Any, labels: Any, states: Any) -> Any:
+        tf.debugging.Assert(
+            tf.reduce_all(states != GIVE_UP),
+            [_TAG_UNUSABLE, spec.split, spec.max_unusable, labels[-1] + spec.offset],
+        )
+        return images, labels
+
     ds = ds.batch(batch_size, drop_remainder=spec.repeats)
-    return ds.map(lambda images, labels, ok: (images, labels)).prefetch(AUTOTUNE)
+    return ds.map(images_and_labels).prefetch(AUTOTUNE)
 
 
 __all__ = ["InputSpec", "make_dataset", "list_files", "estimate_records"]

@@ -90,6 +90,28 @@ def parse(serialized, schema, label_offset=None, boxes=True):
     return parsed[schema.image_key], label, boxes
 
 
+def parse_many(serialized, schema, label_offset=None, boxes=True):
+    """`parse` for a vector of `n` records at once: `(jpegs, labels, boxes,
+    counts)`; boxes `[n, m, 4]` padded with zeros (m at least 1), `counts`
+    each record's number of boxes (zeros without them). A record without an
+    image gets an empty one (not a JPEG), without a label -1."""
+    offset = schema.label_offset if label_offset is None else label_offset
+    features = feature_map(schema, boxes)
+    features[schema.image_key] = tf.io.FixedLenFeature([], tf.string, default_value="")
+    parsed = tf.io.parse_example(serialized, features)
+    labels = tf.cast(parsed[schema.label_key], tf.int32) - offset
+    n = tf.size(serialized, tf.int64)
+    if boxes and schema.has_boxes:
+        coords = [parsed[k] for k in BOX_KEYS]
+        shape = [n, tf.maximum(coords[0].dense_shape[1], 1)]
+        dense = [tf.sparse.to_dense(tf.sparse.reset_shape(c, shape)) for c in coords]
+        counts = tf.math.bincount(
+            tf.cast(coords[0].indices[:, 0], tf.int32), minlength=tf.cast(n, tf.int32)
+        )
+        return parsed[schema.image_key], labels, tf.stack(dense, axis=-1), counts
+    return parsed[schema.image_key], labels, tf.zeros([n, 1, 4]), tf.zeros([n], tf.int32)
+
+
 def _bytes(values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
 
