@@ -99,14 +99,16 @@ def synthetic_photo(index, grain=20.0):
 
 
 def rate(iterator, images_per_step, seconds):
-    """Images per second over about `seconds`, after two warm-up steps."""
+    """Images per second over about `seconds`, after two warm-up steps, and
+    the share of the machine's cores busy in this process meanwhile."""
     for _ in range(2):
         next(iterator)
-    count, start = 0, time.perf_counter()
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         next(iterator)
         count += images_per_step
-    return count / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return count / wall, (time.process_time() - cpu) / wall / (os.cpu_count() or 1)
 
 
 def cpu_per_element(ds, seconds):
@@ -246,9 +248,11 @@ def measure():
     if FLAGS.data_service:
         makers["service"] = through_service(lambda: train("uint8"))
     rounds = {name: [] for name in makers}
+    busy = {}  # (the last round's)
     for _ in range(FLAGS.repeats):
         for name, make in makers.items():
-            rounds[name].append(rate(iter(make()), FLAGS.batch_size, FLAGS.seconds))
+            images_per_second, busy[name] = rate(iter(make()), FLAGS.batch_size, FLAGS.seconds)
+            rounds[name].append(images_per_second)
     service_rate = statistics.median(rounds.pop("service")) if FLAGS.data_service else None
     previous_rate = statistics.median(rounds.pop("previous")) if FLAGS.previous else None
     bare_rate = statistics.median(rounds.pop("bare"))
@@ -301,6 +305,10 @@ def measure():
             f"{service_rate / train_rates['uint8']:.3f}"
         )
         print(f"bytes per image through the service: {per_image:,} (before compression)")
+    print(
+        "cores busy (the last round): "
+        + ", ".join(f"{name} {share:.0%}" for name, share in busy.items())
+    )
     where_the_time_goes(files, train_spec("uint8"), work, FLAGS.seconds)
 
 

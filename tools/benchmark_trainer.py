@@ -10,7 +10,9 @@ alternates --repeats rounds of:
     callbacks beyond Keras's defaults;
   * trainer: `TrainingRun` as `tf-lars-train` builds it (`prepare`, then
     `fit` with every callback), in a fresh run folder;
-  * trainer with --log_trust_ratios.
+  * trainer with --log_trust_ratios;
+  * trainer without callbacks: `TrainingRun`'s `fit`, model and input with
+    none of its callbacks (what is left is not the callbacks' doing).
 Each is timed over the epochs after its first (compilation and the first
 backup excluded), inside the epochs (the steps, with the callbacks' work at
 each step) and at their ends (the callbacks' work at each epoch's end: a
@@ -184,14 +186,15 @@ class StartTiming(keras.callbacks.Callback):
         self.hooks.start()  # (last in the list: after the first epoch's end)
 
 
-def trainer(args, engine, per_callback=False, **changes):
-    """`TrainingRun`'s `fit` with its callbacks: `Clock.figures`, with each
-    callback's `HookTimes` where `per_callback`."""
+def trainer(args, engine, per_callback=False, with_callbacks=True, **changes):
+    """`TrainingRun`'s `fit` with its callbacks (or none): `Clock.figures`,
+    with each callback's `HookTimes` where `per_callback`."""
     from tf_lars.training.run import TrainingRun
 
     run = TrainingRun.prepare(config(args, **changes), engine)
     try:
-        callbacks = run.callbacks()
+        callbacks = run.callbacks()  # (also what `fit` needs to know)
+        callbacks = callbacks if with_callbacks else []
         clock = Clock()
         extra = []
         if per_callback:
@@ -223,6 +226,7 @@ def main():
     trainer(args, engine)  # (compiles once: warms the process up)
     cases = {
         "bare": lambda: bare(args, engine),
+        "trainer without callbacks": lambda: trainer(args, engine, with_callbacks=False),
         "trainer": lambda: trainer(args, engine, args.per_callback),
         "trainer, --log_trust_ratios": lambda: trainer(
             args, engine, args.per_callback, log_trust_ratios=True

@@ -186,16 +186,39 @@ MUTATIONS = [
     (
         "Pipeline: labels up to num_classes let through",
         "tf_lars/data/pipeline.py",
-        "label_ok = tf.logical_and(label >= 0, label < spec.num_classes)",
-        "label_ok = tf.logical_and(label >= 0, label <= spec.num_classes)",
+        "label_ok = tf.logical_and(labels >= 0, labels < spec.num_classes)",
+        "label_ok = tf.logical_and(labels >= 0, labels <= spec.num_classes)",
         DATA,
     ),
     (
         "Pipeline: JPEG trailers taken for damage (end marker only in the last 32 bytes)",
         "tf_lars/data/pipeline.py",
-        "            lambda: _has_end_marker(tf.strings.substr(jpeg, after_start, length)),",
-        "            lambda: False,",
+        "    return tf.logical_and(starts, tf.cond(lacking, search_the_rest, lambda: near_end))",
+        "    return tf.logical_and(starts, near_end)",
         DATA,
+    ),
+    (
+        "Input: the records' boxes left out of the crop",
+        "tf_lars/data/pipeline.py",
+        "boxes[None, :count]",
+        "boxes[None, :0]",
+        DATA,
+    ),
+    (
+        "Input: a split without usable records never given up on (the pipeline spins)",
+        "tf_lars/data/pipeline.py",
+        "give_up = tf.logical_and(usable == 0,",
+        "give_up = tf.logical_and(usable < 0,",
+        [
+            "tests/test_faults.py::test_a_split_without_usable_records_fails_in_seconds_naming_counts"
+        ],
+    ),
+    (
+        "Monitoring: each step's learning rate written as the last step's",
+        "tf_lars/monitoring.py",
+        "    return [float(rate) for rate in rates]",
+        "    return [float(rates[-1])] * len(steps)",
+        FAST,
     ),
     (
         "Study: trials chosen on the test images (the figure reported)",
