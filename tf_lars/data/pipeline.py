@@ -369,10 +369,16 @@ def _usable_records(spec: InputSpec, counts: Any) -> Any:
     return usable
 
 
+def _end_marker_in(b: Any) -> Any:
+    """Whether bytes `b` (uint8, along the last axis) hold FF D9 anywhere."""
+    return tf.reduce_any(
+        tf.logical_and(tf.equal(b[..., :-1], 0xFF), tf.equal(b[..., 1:], 0xD9)), -1
+    )
+
+
 def _has_end_marker(data: Any) -> Any:
-    """Whether the bytes `data` hold FF D9 anywhere."""
-    b = tf.io.decode_raw(data, tf.uint8)
-    return tf.reduce_any(tf.logical_and(tf.equal(b[:-1], 0xFF), tf.equal(b[1:], 0xD9)))
+    """Whether the bytes of the string `data` hold FF D9 anywhere."""
+    return _end_marker_in(tf.io.decode_raw(data, tf.uint8))
 
 
 def _jpegs_are_whole(jpegs: Any) -> Any:
@@ -386,10 +392,8 @@ def _jpegs_are_whole(jpegs: Any) -> Any:
     tails = tf.strings.substr(
         jpegs, tf.maximum(length - 32, after_start), tf.fill(tf.shape(jpegs), 32)
     )
-    b = tf.io.decode_raw(tails, tf.uint8, fixed_length=32)  # (short ones end in zeros)
-    near_end = tf.reduce_any(
-        tf.logical_and(tf.equal(b[:, :-1], 0xFF), tf.equal(b[:, 1:], 0xD9)), 1
-    )
+    # (Short ones end in zeros.)
+    near_end = _end_marker_in(tf.io.decode_raw(tails, tf.uint8, fixed_length=32))
 
     def search_the_rest() -> Any:
         rest = tf.where(tf.logical_and(starts, tf.logical_not(near_end)))[:, 0]

@@ -71,7 +71,8 @@ def parse(serialized, schema, label_offset=None, boxes=True):
 
     `label_offset` defaults to the schema's (1 for ImageNet shards, 0 for
     TFDS); pass 0 for ImageNet-schema shards that store 0-based labels.
-    `boxes=False` skips parsing them (`[1, 0, 4]` is returned).
+    `boxes=False` skips parsing them (`[1, 0, 4]` is returned). One record
+    of `parse_many`.
 
     Args:
         serialized: one record's bytes (a scalar string tensor).
@@ -79,15 +80,10 @@ def parse(serialized, schema, label_offset=None, boxes=True):
         label_offset: subtracted from the stored label (see above).
         boxes: whether to parse the bounding boxes.
     """
-    offset = schema.label_offset if label_offset is None else label_offset
-    parsed = tf.io.parse_single_example(serialized, feature_map(schema, boxes))
-    label = tf.cast(parsed[schema.label_key], tf.int32) - offset
-    if boxes and schema.has_boxes:
-        coords = [tf.sparse.to_dense(parsed[k]) for k in BOX_KEYS]
-        boxes = tf.expand_dims(tf.stack(coords, axis=-1), 0)
-    else:
-        boxes = tf.zeros([1, 0, 4], tf.float32)
-    return parsed[schema.image_key], label, boxes
+    jpegs, labels, padded, counts = parse_many(
+        tf.reshape(serialized, [1]), schema, label_offset, boxes
+    )
+    return jpegs[0], labels[0], padded[:, : counts[0]]
 
 
 def parse_many(serialized, schema, label_offset=None, boxes=True):
